@@ -1,0 +1,53 @@
+# Stage runs and developer tasks. Every target creates .venv and installs the pinned set on first use.
+#   make test        fast tests (tiny models, offline)     make test-slow   slow + end-to-end tests
+#   make demo        the pipeline on the tiny preset        make ui          MLflow UI on 127.0.0.1
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+UI_PORT ?= 5000
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+export M3_ARTIFACT_ROOT ?= $(CURDIR)/mlruns/artifacts
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-slow lint demo ui base lock
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, alone: `torch==2.13.0` takes the CPU build on the dev machines (no CUDA download)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -m "not slow and not gpu" -q $(ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m "slow and not gpu" -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The tiny base model, registered as m3-base@candidate (skipped when the same config is registered).
+base: setup
+	$(VENV)/bin/m3 base $(ARGS)
+
+demo: setup
+	$(VENV)/bin/m3 demo $(ARGS)
+
+ui: setup
+	@mkdir -p mlruns
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(UI_PORT)
+
+lock: setup
+	head -2 requirements.lock > requirements.lock.new
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' >> requirements.lock.new
+	mv requirements.lock.new requirements.lock
