@@ -113,11 +113,20 @@ def _store_schemas() -> None:
 
 
 def compose_dict(config_name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose `configs/<config_name>.yaml` with Hydra overrides; validated against its schema."""
+    """Compose `configs/<config_name>.yaml` with Hydra overrides; validated against its schema.
+
+    `config_name` may name a sub-directory ("eval/healthbench"): that directory is then the config
+    root, so evaluation configs can take a plain `model=models:/...` URI without Hydra reading it
+    as a choice from the `model` group.
+    """
     _store_schemas()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    root = config_dir()
+    if "/" in config_name:
+        sub, config_name = config_name.rsplit("/", 1)
+        root = root / sub
+    with initialize_config_dir(config_dir=str(root), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
 

@@ -28,7 +28,8 @@ class DemoConfig:
     out_dir: str = "outputs/demo"
     healthbench_examples: int = 30  # the 30 real sample records shipped in data/
     judge: str = "offline"
-    steps: list[str] = field(default_factory=lambda: ["base"])
+    max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
+    steps: list[str] = field(default_factory=lambda: ["base", "healthbench"])
 
 
 register_schema("demo_schema", DemoConfig)
@@ -38,6 +39,17 @@ def _steps(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
     m3 = [sys.executable, "-m", "m3.cli"]
     return {
         "base": m3 + ["base", f"model={cfg.model}"],
+        "healthbench": [
+            sys.executable,
+            "-m",
+            "eval.healthbench",
+            "run",
+            "model=models:/m3-base@candidate",
+            f"n_examples={cfg.healthbench_examples}",
+            f"judge.backend={cfg.judge}",
+            f"generation.max_new_tokens={cfg.max_new_tokens}",
+            f"summary_out={out / 'healthbench.json'}",
+        ],
     }
 
 

@@ -42,3 +42,7 @@ class RubricJudge(Protocol):
         Returns one verdict per item, in order. Items of one call are graded concurrently.
         """
         ...
+
+    async def aclose(self) -> None:
+        """Release connections and caches (a no-op for backends that hold none)."""
+        ...

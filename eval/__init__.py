@@ -1,0 +1,1 @@
+"""Evaluations: HealthBench, HealthBench-Hallu, OSCE. Imports only m3/."""

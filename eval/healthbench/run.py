@@ -1,0 +1,328 @@
+"""HealthBench run: generate completions, grade every rubric item, score as simple-evals, log.
+
+    python -m eval.healthbench run                                    # m3-base, 30 sample records, offline judge
+    python -m eval.healthbench run model=models:/m3-mopd@candidate data=hard judge.backend=openai \
+        judge.model=gpt-4.1 judge.base_url=https://... n_examples=null
+    python -m eval.healthbench run endpoint=http://127.0.0.1:8000/v1 endpoint_model=m3   # a served model
+
+Resumable: completions and graded examples are appended to `<out_dir>/completions.jsonl` and
+`<out_dir>/graded.jsonl` as they finish (one flushed line each). Re-running the same command skips
+what is there, so a killed run loses at most the examples in flight, and nothing is graded twice
+(the judge cache also makes repeated judge calls free). An example whose judge call failed after
+all retries is not written; it is listed in the summary and retried on the next run.
+Outputs: graded.jsonl (the input format of `python -m eval.healthbench score`), metrics.json
+(simple-evals' keys), scores.png (per-axis and per-theme bars), summary.json; all logged to MLflow
+with the judge backend and a link to the evaluated model version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.healthbench.data import HealthBenchExample, graded_record, load_examples, load_graded, subsample
+from eval.healthbench.scoring import N_BOOTSTRAP, score_graded
+from m3 import registry
+from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.judges.config import JudgeConfig, build_rubric_judge, judge_backend_name
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # greedy: repeatable evaluations
+    enable_thinking: bool = False
+    batch_size: int = 8
+
+
+@dataclass
+class HealthBenchRunConfig:
+    model: str | None = "models:/m3-base@candidate"  # registry URI or local directory
+    endpoint: str | None = None  # OpenAI-compatible base URL; replaces `model` for generation
+    endpoint_model: str = "default"
+    endpoint_api_key_env: str = "OPENAI_API_KEY"
+    data: str = "data/healthbench_sample30.jsonl"  # path, URL, or main | hard | consensus
+    n_examples: int | None = None  # None: every example; else a seeded subsample (as simple-evals)
+    seed: int = 0
+    n_bootstrap: int = N_BOOTSTRAP
+    concurrent_examples: int = 8  # examples graded at once; items of each go out together
+    out_dir: str | None = None  # None: outputs/healthbench/<model>-<data>-<config hash>
+    summary_out: str | None = None  # also write the summary here (the demo's table reads it)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model and not self.endpoint:
+            raise ValueError("set `model=models:/...` (or a directory) or `endpoint=http://.../v1`")
+
+
+register_schema("healthbench_schema", HealthBenchRunConfig)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line torn by a crash mid-write: everything after it is redone
+    return rows
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a torn last line left by a crash mid-write, so appends start on a clean line."""
+    if path.is_file():
+        rows = _read_jsonl(path)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def default_out_dir(cfg: HealthBenchRunConfig, model_ref: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_ref}-{Path(cfg.data).stem}")[:80]
+    return (
+        REPO_ROOT
+        / "outputs"
+        / "healthbench"
+        / f"{slug}-{config_hash(cfg, exclude=('tracking', 'out_dir', 'summary_out'))}"
+    )
+
+
+# --- generation ------------------------------------------------------------------------------
+def generate_missing(
+    cfg: HealthBenchRunConfig, examples: list[HealthBenchExample], path: Path
+) -> dict[str, str]:
+    done = {r["prompt_id"]: r["completion"] for r in _read_jsonl(path)}
+    todo = [e for e in examples if e.prompt_id not in done]
+    if not todo:
+        return done
+    g = cfg.generation
+    bar = tqdm(total=len(todo), desc="generate", unit="ex")
+    if cfg.endpoint:
+        from m3.llm import AsyncLLMClient, LLMConfig
+
+        llm = LLMConfig(
+            model=cfg.endpoint_model,
+            base_url=cfg.endpoint,
+            api_key_env=cfg.endpoint_api_key_env,
+            temperature=g.temperature,
+            max_tokens=g.max_new_tokens,
+        )
+        extra = {"chat_template_kwargs": {"enable_thinking": g.enable_thinking}}
+
+        async def run() -> None:
+            from m3.generate import split_reasoning
+
+            async with AsyncLLMClient(llm) as client:
+
+                async def one(ex: HealthBenchExample) -> None:
+                    r = await client.chat(ex.prompt, extra=extra)
+                    if not r.ok:
+                        raise RuntimeError(f"generation failed for {ex.prompt_id}: {r.error}")
+                    reasoning, text = split_reasoning(r.text)
+                    _append(path, {"prompt_id": ex.prompt_id, "completion": text, "reasoning": reasoning})
+                    done[ex.prompt_id] = text
+                    bar.update()
+
+                await asyncio.gather(*(one(e) for e in todo))
+
+        asyncio.run(run())
+    else:
+        from m3.generate import HFChatGenerator
+
+        gen = HFChatGenerator(
+            registry.resolve(cfg.model or ""),
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            enable_thinking=g.enable_thinking,
+            batch_size=g.batch_size,
+            seed=cfg.seed,
+        )
+        for start in range(0, len(todo), g.batch_size):
+            chunk = todo[start : start + g.batch_size]
+            for ex, ans in zip(chunk, gen.chat([e.prompt for e in chunk]), strict=True):
+                _append(
+                    path,
+                    {
+                        "prompt_id": ex.prompt_id,
+                        "completion": ans.text,
+                        "reasoning": ans.reasoning,
+                        "completion_tokens": ans.completion_tokens,
+                    },
+                )
+                done[ex.prompt_id] = ans.text
+            bar.update(len(chunk))
+    bar.close()
+    return done
+
+
+# --- grading ---------------------------------------------------------------------------------
+async def grade_missing(
+    cfg: HealthBenchRunConfig, examples: list[HealthBenchExample], completions: dict[str, str], path: Path
+) -> list[dict]:
+    """Grade every example not yet in `path`; returns the failures (prompt_id, item, error)."""
+    done = {r["prompt_id"] for r in _read_jsonl(path)}
+    todo = [e for e in examples if e.prompt_id not in done]
+    failures: list[dict] = []
+    if not todo:
+        return failures
+    judge = build_rubric_judge(cfg.judge)
+    gate = asyncio.Semaphore(cfg.concurrent_examples)
+    bar = tqdm(total=len(todo), desc=f"grade ({judge.name})", unit="ex")
+
+    async def one(ex: HealthBenchExample) -> None:
+        async with gate:
+            verdicts = await judge.grade_items(ex.prompt, completions[ex.prompt_id], ex.rubrics)
+        failed = [(it, v) for it, v in zip(ex.rubrics, verdicts, strict=True) if v.criteria_met is None]
+        if failed:
+            failures.extend(
+                {"prompt_id": ex.prompt_id, "criterion": it.criterion[:120], "error": v.error}
+                for it, v in failed
+            )
+        else:  # written only when complete: a partly graded example is regraded next run
+            _append(path, graded_record(ex, completions[ex.prompt_id], verdicts))
+        bar.update()
+
+    try:
+        await asyncio.gather(*(one(e) for e in todo))
+    finally:
+        bar.close()
+        await judge.aclose()
+    return failures
+
+
+# --- report ----------------------------------------------------------------------------------
+def plot_scores(metrics: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("axis:", "per axis"), ("theme:", "per theme")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, (prefix, title) in zip(axes, groups, strict=True):
+        keys = sorted(k for k in metrics if k.startswith(prefix) and k.count(":") == 1)
+        vals = [metrics[k] for k in keys]
+        errs = [metrics.get(k + ":bootstrap_std", 0.0) for k in keys]
+        ax.barh([k[len(prefix) :] for k in keys], vals, xerr=errs, color="#4C72B0")
+        for y, v in enumerate(vals):
+            ax.text(min(v, 0.85) + 0.02, y, f"{v:.3f}", va="center", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"HealthBench {title} (overall {metrics.get('overall_score', 0):.3f})")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(cfg: HealthBenchRunConfig) -> dict:
+    import mlflow
+
+    registry.setup(cfg.tracking.experiment)
+    model_ref = cfg.endpoint or cfg.model or ""
+    pinned = None
+    if cfg.model and cfg.model.startswith("models:/") and not cfg.endpoint:
+        pinned = registry.pin(cfg.model)
+        model_ref = pinned.uri
+    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg, model_ref)
+    out.mkdir(parents=True, exist_ok=True)
+    examples = subsample(load_examples(_data_source(cfg.data)), cfg.n_examples, cfg.seed)
+    completions_path, graded_path = out / "completions.jsonl", out / "graded.jsonl"
+    _repair_tail(completions_path)
+    _repair_tail(graded_path)
+
+    completions = generate_missing(cfg, examples, completions_path)
+    failures = asyncio.run(grade_missing(cfg, examples, completions, graded_path))
+    # score in the examples' order, not the order grading finished: same inputs, same bootstrap
+    order = {e.prompt_id: i for i, e in enumerate(examples)}
+    graded_all = load_graded(graded_path) if graded_path.is_file() else []
+    graded = sorted(
+        (g for g in graded_all if g.example.prompt_id in order), key=lambda g: order[g.example.prompt_id]
+    )
+    failures_path = out / "failures.jsonl"
+    failures_path.unlink(missing_ok=True)  # stale from an earlier run
+    if failures:
+        failures_path.write_text("".join(json.dumps(f) + "\n" for f in failures))
+    if not graded:
+        raise RuntimeError(
+            f"no example could be graded ({len(failures)} failed items, first: {failures[0]['error']}); "
+            f"see {failures_path}, fix the judge endpoint and re-run the same command"
+        )
+    metrics = score_graded(graded, n_resamples=cfg.n_bootstrap, seed=cfg.seed)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_scores(metrics, out / "scores.png")
+    judge_name = judge_backend_name(cfg.judge)
+    summary = {
+        "step": "healthbench",
+        "metric": "overall_score",
+        "value": round(metrics["overall_score"], 4),
+        "bootstrap_std": round(metrics["overall_score:bootstrap_std"], 4),
+        "n_graded": len(graded),
+        "n_examples": len(examples),
+        "n_failed_examples": len({f["prompt_id"] for f in failures}),
+        "backend": judge_name,
+        "model": model_ref,
+        "data": cfg.data,
+        "out_dir": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    with mlflow.start_run(run_name=f"healthbench-{Path(cfg.data).stem}") as run:
+        log_config(cfg)
+        mlflow.set_tags({"m3.eval": "healthbench", "m3.model_uri": model_ref, "m3.judge": judge_name})
+        mlflow.log_metrics(
+            {_metric_key(k): float(v) for k, v in metrics.items() if ":" not in k or k.count(":") == 1}
+        )
+        mlflow.log_metrics({"n_graded": len(graded), "n_failed_examples": summary["n_failed_examples"]})
+        for name in ("metrics.json", "graded.jsonl", "scores.png", "summary.json"):
+            mlflow.log_artifact(str(out / name))
+        if pinned is not None:  # link the eval to the model version it measured
+            client = registry._client()
+            client.set_model_version_tag(
+                pinned.name,
+                pinned.version,
+                "m3.eval.healthbench",
+                json.dumps(
+                    {
+                        "run_id": run.info.run_id,
+                        "overall_score": summary["value"],
+                        "judge": judge_name,
+                        "data": cfg.data,
+                    }
+                ),
+            )
+    if cfg.summary_out:
+        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"HealthBench {cfg.data}: overall_score {summary['value']} +- {summary['bootstrap_std']} "
+        f"({len(graded)}/{len(examples)} graded, judge {judge_name}) -> {out}"
+    )
+    if failures:
+        print(
+            f"{summary['n_failed_examples']} examples had judge failures; re-run the same command to retry them"
+        )
+    return summary
+
+
+def _metric_key(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
+def _data_source(data: str) -> str:
+    path = Path(data)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return str(REPO_ROOT / path)
+    return data

@@ -1,0 +1,1 @@
+"""Test suite; a regular package so `tests.fakes` is ours, not a site-packages `tests`."""

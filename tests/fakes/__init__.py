@@ -1,0 +1,1 @@
+"""Test fakes: real local servers that stand in for remote services (see `openai_server`)."""
