@@ -111,32 +111,23 @@ def generate_missing(
     g = cfg.generation
     bar = tqdm(total=len(todo), desc="generate", unit="ex")
     if cfg.endpoint:
-        from m3.llm import AsyncLLMClient, LLMConfig
-
-        llm = LLMConfig(
-            model=cfg.endpoint_model,
-            base_url=cfg.endpoint,
-            api_key_env=cfg.endpoint_api_key_env,
-            temperature=g.temperature,
-            max_tokens=g.max_new_tokens,
-        )
-        extra = {"chat_template_kwargs": {"enable_thinking": g.enable_thinking}}
+        from m3.generate import EndpointChat
 
         async def run() -> None:
-            from m3.generate import split_reasoning
+            chat = EndpointChat(cfg.endpoint, cfg.endpoint_model, api_key_env=cfg.endpoint_api_key_env,
+                                max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                                enable_thinking=g.enable_thinking)
 
-            async with AsyncLLMClient(llm) as client:
+            async def one(ex: HealthBenchExample) -> None:
+                ans = await chat(ex.prompt)
+                _append(path, {"prompt_id": ex.prompt_id, "completion": ans.text, "reasoning": ans.reasoning})
+                done[ex.prompt_id] = ans.text
+                bar.update()
 
-                async def one(ex: HealthBenchExample) -> None:
-                    r = await client.chat(ex.prompt, extra=extra)
-                    if not r.ok:
-                        raise RuntimeError(f"generation failed for {ex.prompt_id}: {r.error}")
-                    reasoning, text = split_reasoning(r.text)
-                    _append(path, {"prompt_id": ex.prompt_id, "completion": text, "reasoning": reasoning})
-                    done[ex.prompt_id] = text
-                    bar.update()
-
+            try:
                 await asyncio.gather(*(one(e) for e in todo))
+            finally:
+                await chat.aclose()
 
         asyncio.run(run())
     else:

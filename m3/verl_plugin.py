@@ -1,0 +1,51 @@
+"""verl plugin: registers M3's pieces in every process that imports verl.
+
+pyproject.toml declares `[project.entry-points."verl.plugins"] m3 = "m3.verl_plugin"`; verl imports
+that group at the end of `import verl`, in the driver and in every Ray worker, so the registries
+(module-level dicts) are filled wherever a trainer, agent loop or actor looks names up. Importing our
+modules in the launcher alone would not reach the workers.
+
+verl catches a plugin's load error and logs it at DEBUG, which hides it. So each registration step
+runs on its own and a failure is logged at WARNING with its traceback; the other steps still run.
+`VERL_USE_EXTERNAL_PLUGINS=none` switches all plugins off.
+
+Registered now: advantage estimator "spar" (m3.spar). Still to come, each as one function appended to
+REGISTRATIONS: the "m3_consultation" agent loop (`verl.experimental.agent_loop.register`) and the
+stage-2/3 distillation loss (`verl.trainer.distillation.losses.register_distillation_loss`).
+
+Check: `python -c "import verl, verl.trainer.ppo.core_algos as c; print('spar' in c.ADV_ESTIMATOR_REGISTRY)"`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+
+def register_advantage_estimators() -> None:
+    """algorithm.adv_estimator=spar -> m3.spar.compute_spar_advantage."""
+    from m3 import spar
+
+    spar.register()
+
+
+REGISTRATIONS: tuple[Callable[[], None], ...] = (register_advantage_estimators,)
+
+
+def register_all(registrations: tuple[Callable[[], None], ...] = REGISTRATIONS) -> list[str]:
+    """Run every registration step; return the names of those that failed (each logged at WARNING)."""
+    failed = []
+    for step in registrations:
+        try:
+            step()
+        except Exception:  # one broken piece must not hide the others; verl would swallow it at DEBUG
+            logger.warning(
+                "m3 verl plugin: %s failed; its names are not registered", step.__name__, exc_info=True
+            )
+            failed.append(step.__name__)
+    return failed
+
+
+register_all()
