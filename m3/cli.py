@@ -58,6 +58,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_facts_serve(args: argparse.Namespace) -> int:
+    from m3.facts.service import serve
+
+    serve(args.host, args.port, args.config)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from m3 import demo
 
@@ -88,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = rsub.add_parser("ls", help="list models, versions, aliases and lineage")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(fn=_cmd_ls)
+
+    f = sub.add_parser("facts", help="the Fact-Aware reward service")
+    fsub = f.add_subparsers(dest="facts_command", required=True)
+    fs = fsub.add_parser("serve", help="serve /score and /verify over HTTP (127.0.0.1 by default)")
+    fs.add_argument("--host", default="127.0.0.1")
+    fs.add_argument("--port", type=int, default=8081)
+    fs.add_argument("--config", default=None, help="YAML of FactRewardConfig fields")
+    fs.set_defaults(fn=_cmd_facts_serve)
 
     d = sub.add_parser("demo", help="run the pipeline on the tiny preset")
     d.add_argument("overrides", nargs="*")

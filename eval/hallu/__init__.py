@@ -1,0 +1,1 @@
+"""HealthBench-Hallu: hallucination rate of answers to HealthBench prompts."""
