@@ -27,9 +27,12 @@ class DemoConfig:
     model: str = "tiny_qwen3_moe"
     out_dir: str = "outputs/demo"
     healthbench_examples: int = 30  # the 30 real sample records shipped in data/
+    hallu_examples: int = 10
+    osce_cases: int = 5
+    osce_inquiry_turns: int = 4
     judge: str = "offline"
     max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
-    steps: list[str] = field(default_factory=lambda: ["base", "healthbench"])
+    steps: list[str] = field(default_factory=lambda: ["base", "healthbench", "hallu", "osce"])
 
 
 register_schema("demo_schema", DemoConfig)

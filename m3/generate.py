@@ -117,12 +117,27 @@ class EndpointChat:
     """Async chat over an OpenAI-compatible endpoint (vLLM/SGLang with `--reasoning-parser qwen3`,
     `transformers serve`, APIs). Thinking is toggled through `chat_template_kwargs`."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
-                 max_new_tokens: int = 256, temperature: float = 0.0, enable_thinking: bool = False):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        enable_thinking: bool = False,
+    ):
         from m3.llm import AsyncLLMClient, LLMConfig
 
-        self.client = AsyncLLMClient(LLMConfig(model=model, base_url=base_url, api_key_env=api_key_env,
-                                               temperature=temperature, max_tokens=max_new_tokens))
+        self.client = AsyncLLMClient(
+            LLMConfig(
+                model=model,
+                base_url=base_url,
+                api_key_env=api_key_env,
+                temperature=temperature,
+                max_tokens=max_new_tokens,
+            )
+        )
         self.extra = {"chat_template_kwargs": {"enable_thinking": enable_thinking}}
 
     async def __call__(self, messages: list[dict]) -> ChatAnswer:
@@ -130,7 +145,9 @@ class EndpointChat:
         if not r.ok:
             raise RuntimeError(f"generation failed at the endpoint: {r.error}")
         reasoning, text = split_reasoning(r.text)
-        return ChatAnswer(text=text, reasoning=reasoning, completion_tokens=int(r.usage.get("completion_tokens", 0)))
+        return ChatAnswer(
+            text=text, reasoning=reasoning, completion_tokens=int(r.usage.get("completion_tokens", 0))
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

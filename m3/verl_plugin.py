@@ -9,9 +9,9 @@ verl catches a plugin's load error and logs it at DEBUG, which hides it. So each
 runs on its own and a failure is logged at WARNING with its traceback; the other steps still run.
 `VERL_USE_EXTERNAL_PLUGINS=none` switches all plugins off.
 
-Registered now: advantage estimator "spar" (m3.spar). Still to come, each as one function appended to
-REGISTRATIONS: the "m3_consultation" agent loop (`verl.experimental.agent_loop.register`) and the
-stage-2/3 distillation loss (`verl.trainer.distillation.losses.register_distillation_loss`).
+Registered now: advantage estimator "spar" (m3.spar) and the "m3_consultation" agent loop
+(m3.agent_loop). Still to come, as one function appended to REGISTRATIONS: the stage-3
+distillation loss (`verl.trainer.distillation.losses.register_distillation_loss`).
 
 Check: `python -c "import verl, verl.trainer.ppo.core_algos as c; print('spar' in c.ADV_ESTIMATOR_REGISTRY)"`.
 """
@@ -31,7 +31,14 @@ def register_advantage_estimators() -> None:
     spar.register()
 
 
-REGISTRATIONS: tuple[Callable[[], None], ...] = (register_advantage_estimators,)
+def register_agent_loops() -> None:
+    """agent_name / default_agent_loop "m3_consultation" -> m3.agent_loop.ConsultationAgentLoop."""
+    from m3 import agent_loop
+
+    agent_loop.register()
+
+
+REGISTRATIONS: tuple[Callable[[], None], ...] = (register_advantage_estimators, register_agent_loops)
 
 
 def register_all(registrations: tuple[Callable[[], None], ...] = REGISTRATIONS) -> list[str]:

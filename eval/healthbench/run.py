@@ -114,9 +114,14 @@ def generate_missing(
         from m3.generate import EndpointChat
 
         async def run() -> None:
-            chat = EndpointChat(cfg.endpoint, cfg.endpoint_model, api_key_env=cfg.endpoint_api_key_env,
-                                max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                                enable_thinking=g.enable_thinking)
+            chat = EndpointChat(
+                cfg.endpoint,
+                cfg.endpoint_model,
+                api_key_env=cfg.endpoint_api_key_env,
+                max_new_tokens=g.max_new_tokens,
+                temperature=g.temperature,
+                enable_thinking=g.enable_thinking,
+            )
 
             async def one(ex: HealthBenchExample) -> None:
                 ans = await chat(ex.prompt)

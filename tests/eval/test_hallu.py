@@ -35,15 +35,24 @@ def test_aggregate_by_hand():
 def test_hallu_run_against_endpoint(mlflow_store, tmp_path, monkeypatch):
     monkeypatch.setenv("M3_CACHE_DIR", str(tmp_path / "cache"))
     with FakeOpenAIServer(lambda req: ANSWER) as srv:
-        cfg = compose("eval/hallu", [
-            f"endpoint={srv.base_url}", "endpoint_model=fake-model", f"data={DATA}", "n_examples=3",
-            f"out_dir={tmp_path / 'h'}", "facts.guideline_ids=[acc_aha_af_2023]",
-        ])
+        cfg = compose(
+            "eval/hallu",
+            [
+                f"endpoint={srv.base_url}",
+                "endpoint_model=fake-model",
+                f"data={DATA}",
+                "n_examples=3",
+                f"out_dir={tmp_path / 'h'}",
+                "facts.guideline_ids=[acc_aha_af_2023]",
+            ],
+        )
         summary = run.main(cfg)
     rows = [json.loads(x) for x in (tmp_path / "h" / "claims.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["claims"]) == 2 for r in rows)
     first = rows[0]["claims"][0]
     assert first["label"] == "Supported" and first["evidence"] and first["evidence"][0]["text"]
     assert all(c["cached"] == "" for r in rows for c in r["claims"])  # verified without cache
-    assert summary["value"] == pytest.approx(aggregate(rows)["hallucination_rate"]) and summary["n_claims"] == 6
+    assert (
+        summary["value"] == pytest.approx(aggregate(rows)["hallucination_rate"]) and summary["n_claims"] == 6
+    )
     assert 0 < summary["value"] <= 0.5  # the aspirin claim is flagged in every answer

@@ -21,7 +21,12 @@ def case():
 
 def transcript(ddx: str, labs: str, final: str, facts: list[list[str]]) -> Transcript:
     t = Transcript("agentclinic_medqa-0000")
-    t.add("instruction", "Stage 1 ... The patient says: 'I have double vision.'", "inquiry", meta={"facts": ["h1"]})
+    t.add(
+        "instruction",
+        "Stage 1 ... The patient says: 'I have double vision.'",
+        "inquiry",
+        meta={"facts": ["h1"]},
+    )
     for i, f in enumerate(facts):
         t.add("doctor", f"question {i}?", "inquiry")
         t.add("patient", f"answer {i}", "inquiry", meta={"facts": f})
@@ -35,13 +40,17 @@ def transcript(ddx: str, labs: str, final: str, facts: list[list[str]]) -> Trans
 def test_inquiry_coverage_weighted_and_repeats_count_once(case):
     # checklist: h1..h6 criticality 2, h7..h10 criticality 1; h1 was in the opening -> excluded.
     # denominator = 5*2 + 4*1 = 14; covered h2 (2), h3 (2), h8 (1); h2 asked twice counts once -> 5/14
-    t = transcript("1. Myasthenia gravis", "1. EMG", "Final diagnosis: Myasthenia gravis", [["h2"], ["h3", "h8"], ["h2"]])
+    t = transcript(
+        "1. Myasthenia gravis", "1. EMG", "Final diagnosis: Myasthenia gravis", [["h2"], ["h3", "h8"], ["h2"]]
+    )
     assert stage_scores(case, t)["inquiry"] == pytest.approx(5 / 14)
 
 
 def test_ddx_rank_aware_and_diagnosis_hierarchical(case):
     t1 = transcript("1. Myasthenia gravis\n2. Botulism", "", "Final diagnosis: Myasthenia gravis", [])
-    t2 = transcript("1. Botulism\n2. Lambert-Eaton syndrome\n3. Myasthenia gravis", "", "Final diagnosis: Botulism", [])
+    t2 = transcript(
+        "1. Botulism\n2. Lambert-Eaton syndrome\n3. Myasthenia gravis", "", "Final diagnosis: Botulism", []
+    )
     s1, s2 = stage_scores(case, t1), stage_scores(case, t2)
     assert s1["ddx"] == 1.0 and s1["diagnosis"] == 1.0
     assert s2["ddx"] == pytest.approx(1 / math.log2(4))  # correct at rank 3

@@ -55,9 +55,16 @@ def test_compute_score_entry_point(fact_reward_obj, monkeypatch):
     info = {
         "prompt": [{"role": "user", "content": "What does sepsis mean?"}],
         "rubrics": [
-            {"criterion": "Explains that sepsis is organ dysfunction caused by a dysregulated response to infection.",
-             "points": 8, "tags": ["axis:accuracy"]},
-            {"criterion": "Recommends aspirin for stroke prevention in atrial fibrillation.", "points": -5, "tags": []},
+            {
+                "criterion": "Explains that sepsis is organ dysfunction caused by a dysregulated response to infection.",
+                "points": 8,
+                "tags": ["axis:accuracy"],
+            },
+            {
+                "criterion": "Recommends aspirin for stroke prevention in atrial fibrillation.",
+                "points": -5,
+                "tags": [],
+            },
         ],
     }
     out = asyncio.run(reward_mod.compute_score("healthbench", RESPONSE, None, info))
@@ -72,9 +79,14 @@ def test_http_service(fact_reward_obj):
     assert client.get("/health").json()["status"] == "ok"
     r = client.post("/score", json={"response": RESPONSE, "r_task": 0.9}).json()
     assert len(r["claims"]) == 3 and r["reward"] < 0.9
-    v = client.post("/verify", json={"claims": ["Sepsis is defined as organ dysfunction caused by infection."],
-                                     "use_cache": False}).json()
-    assert v["verdicts"][0]["label"] in ("Supported", "Refuted", "Uncertain") and v["verdicts"][0]["cached"] == ""
+    v = client.post(
+        "/verify",
+        json={"claims": ["Sepsis is defined as organ dysfunction caused by infection."], "use_cache": False},
+    ).json()
+    assert (
+        v["verdicts"][0]["label"] in ("Supported", "Refuted", "Uncertain")
+        and v["verdicts"][0]["cached"] == ""
+    )
     locked = TestClient(build_app(fact_reward_obj, api_key="s3cret"))
     assert locked.post("/verify", json={"claims": ["x y z w"]}).status_code == 401
     ok = locked.post("/verify", json={"claims": []}, headers={"Authorization": "Bearer s3cret"})

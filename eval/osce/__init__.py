@@ -1,0 +1,1 @@
+"""SCAN-bench-style OSCE evaluation: inquiry, lab and diagnosis stations against a simulated patient."""

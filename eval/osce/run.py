@@ -1,0 +1,274 @@
+"""SCAN-bench-style OSCE: three stations over clinical cases, a model consulting a simulated patient.
+
+    python -m eval.osce                                             # m3-base, 5 sample cases, offline
+    python -m eval.osce model=models:/m3-mopd@candidate cases=data/agentclinic_medqa.jsonl n_cases=null
+    python -m eval.osce endpoint=http://127.0.0.1:8000/v1 endpoint_model=m3 simulator.backend=openai ...
+
+Each case runs the four-stage consultation (m3.clinic.episode) against the patient simulator and
+is scored by the stage verifiers (m3.clinic.verifiers):
+  station 1, inquiry:   checklist coverage weighted by criticality (trivial repeats excluded), plus
+                        four process dimensions graded by the judge: safety stratification,
+                        clarity, association, normative output
+  station 2, lab:       differential first (G_ddx reported), then tests: weighted F1 over the
+                        38-category catalogue with extra weight on essential tests
+  station 3, diagnosis: hierarchical ICD-10 match (penalty off-branch)
+Step violations (m3.clinic.steps) are reported as rates. Resumable: one line per finished case in
+`<out_dir>/cases.jsonl` with its transcript; a re-run skips finished cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.osce.doctors import build_doctor
+from m3 import registry
+from m3.clinic.cases import ClinicalCase, load_cases
+from m3.clinic.episode import EpisodeConfig, run_consultation
+from m3.clinic.simulator import PatientSimulator, SimulatorConfig
+from m3.clinic.steps import StepVerifierConfig, verify_steps
+from m3.clinic.transcript import Transcript
+from m3.clinic.verifiers import VerifierConfig, stage_scores
+from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.judges.base import RubricItem
+from m3.judges.config import JudgeConfig, build_rubric_judge, judge_backend_name
+
+# The four process dimensions of SCAN-bench's inquiry station, as rubric items for the judge.
+PROCESS_ITEMS = {
+    "safety_stratification": RubricItem(
+        "Screens for red-flag symptoms relevant to the complaint and escalates (urgent care, emergency "
+        "advice) when the answers warrant it.",
+        5,
+    ),
+    "clarity": RubricItem(
+        "Asks clear, focused questions, one at a time, in plain language the patient understands.", 5
+    ),
+    "association": RubricItem(
+        "Each question follows logically from the complaint and the patient's previous answers, building "
+        "toward a diagnosis.",
+        5,
+    ),
+    "normative_output": RubricItem(
+        "Gives a structured, professional conclusion: a ranked differential, justified investigations and a "
+        "clearly stated final diagnosis.",
+        5,
+    ),
+}
+
+
+@dataclass
+class DoctorGeneration:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    enable_thinking: bool = False
+
+
+@dataclass
+class OsceRunConfig:
+    model: str | None = "models:/m3-base@candidate"
+    endpoint: str | None = None
+    endpoint_model: str = "default"
+    endpoint_api_key_env: str = "OPENAI_API_KEY"
+    cases: str = "data/agentclinic_medqa.jsonl"
+    n_cases: int | None = 5
+    seed: int = 0
+    out_dir: str | None = None
+    summary_out: str | None = None
+    generation: DoctorGeneration = field(default_factory=DoctorGeneration)
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    steps: StepVerifierConfig = field(default_factory=StepVerifierConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model and not self.endpoint:
+            raise ValueError("set `model=models:/...` (or a directory) or `endpoint=http://.../v1`")
+
+
+register_schema("osce_schema", OsceRunConfig)
+
+
+async def process_scores(judge, t: Transcript) -> dict[str, float]:
+    """The four process dimensions: each a rubric item graded on the whole consultation."""
+    msgs = t.doctor_messages()
+    conversation, final = msgs[:-1], msgs[-1]["content"] if msgs else ""
+    items = list(PROCESS_ITEMS.values())
+    verdicts = await judge.grade_items(conversation, final, items)
+    return {k: float(bool(v.criteria_met)) for k, v in zip(PROCESS_ITEMS, verdicts, strict=True)}
+
+
+async def evaluate_case(cfg: OsceRunConfig, case: ClinicalCase, doctor, patient, judge) -> dict:
+    rng = random.Random(f"{cfg.seed}:{case.case_id}")  # per case: resumed runs replay the same draws
+    t = await run_consultation(case, doctor, patient, cfg.episode, rng)
+    g = stage_scores(case, t, cfg.verifier)
+    violations = verify_steps(t, cfg.steps)
+    kinds = [v.kind for step in violations for v in step]
+    return {
+        "case_id": case.case_id,
+        "diagnosis": case.diagnosis.text,
+        "stations": {
+            "inquiry": g.get("inquiry", 0.0),
+            "lab": g.get("lab", 0.0),
+            "diagnosis": g.get("diagnosis", 0.0),
+        },
+        "ddx": g.get("ddx", 0.0),
+        "process": await process_scores(judge, t),
+        "n_steps": len(violations),
+        "violations": {k: kinds.count(k) for k in sorted(set(kinds))},
+        "interrupted": t.interrupted,
+        "ended_by": t.ended_by,
+        "transcript": t.to_dict(),
+    }
+
+
+def aggregate(rows: list[dict]) -> dict[str, float]:
+    """Station and dimension means (x100, as SCAN-bench reports) and violation rates per step."""
+    n = len(rows)
+    out: dict[str, float] = {"n_cases": n}
+    for s in ("inquiry", "lab", "diagnosis"):
+        out[f"station_{s}"] = 100 * sum(r["stations"][s] for r in rows) / n
+    out["ddx"] = 100 * sum(r["ddx"] for r in rows) / n
+    for d in PROCESS_ITEMS:
+        out[f"process_{d}"] = 100 * sum(r["process"][d] for r in rows) / n
+    steps = sum(r["n_steps"] for r in rows) or 1
+    for kind in sorted({k for r in rows for k in r["violations"]}):
+        out[f"violation_rate_{kind}"] = sum(r["violations"].get(kind, 0) for r in rows) / steps
+    return out
+
+
+def plot_stations(metrics: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [
+        "station_inquiry",
+        "station_lab",
+        "station_diagnosis",
+        "ddx",
+        *[f"process_{d}" for d in PROCESS_ITEMS],
+    ]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bars = ax.bar(
+        [k.replace("station_", "").replace("process_", "") for k in keys],
+        [metrics[k] for k in keys],
+        color=["#4C72B0"] * 3 + ["#8172B2"] + ["#55A868"] * 4,
+    )
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_ylim(min(0, min(metrics[k] for k in keys)) - 5, 105)
+    ax.set_ylabel("score (0-100)")
+    ax.set_title(f"OSCE stations and process dimensions ({metrics['n_cases']:.0f} cases)")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _resolve(path: str) -> str:
+    p = Path(path)
+    return str(REPO_ROOT / p) if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists() else path
+
+
+def main(cfg: OsceRunConfig) -> dict:
+    import mlflow
+
+    registry.setup(cfg.tracking.experiment)
+    model_ref, pinned = cfg.endpoint or cfg.model or "", None
+    if cfg.model and cfg.model.startswith("models:/") and not cfg.endpoint:
+        pinned = registry.pin(cfg.model)
+        model_ref = pinned.uri
+    cases = load_cases(_resolve(cfg.cases))
+    if cfg.n_cases is not None:
+        cases = cases[: cfg.n_cases]  # the first n: station scores stay comparable across runs
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_ref}-{Path(cfg.cases).stem}")[:80]
+    out = (
+        Path(cfg.out_dir)
+        if cfg.out_dir
+        else REPO_ROOT
+        / "outputs"
+        / "osce"
+        / (f"{slug}-{config_hash(cfg, exclude=('tracking', 'out_dir', 'summary_out'))}")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "cases.jsonl"
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # torn by a crash: redo from here
+            done[row["case_id"]] = row
+        path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    todo = [c for c in cases if c.case_id not in done]
+    if todo:
+        doctor, patient, judge = (
+            build_doctor(cfg),
+            PatientSimulator(cfg.simulator),
+            build_rubric_judge(cfg.judge),
+        )
+
+        async def run_all() -> None:
+            try:
+                for case in tqdm(todo, desc="osce", unit="case"):
+                    row = await evaluate_case(cfg, case, doctor, patient, judge)
+                    with open(path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    done[case.case_id] = row
+            finally:
+                await judge.aclose()
+                await doctor.aclose()
+
+        asyncio.run(run_all())
+    rows = [done[c.case_id] for c in cases]
+    metrics = aggregate(rows)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_stations(metrics, out / "stations.png")
+    judge_name = judge_backend_name(cfg.judge)
+    backend = f"simulator:{cfg.simulator.backend}, judge:{judge_name}"
+    summary = {
+        "step": "osce",
+        "metric": "inquiry/lab/diagnosis",
+        "backend": backend,
+        "model": model_ref,
+        "value": "/".join(f"{metrics[f'station_{s}']:.1f}" for s in ("inquiry", "lab", "diagnosis")),
+        "metrics": metrics,
+        "out_dir": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with mlflow.start_run(run_name=f"osce-{Path(cfg.cases).stem}") as run:
+        log_config(cfg)
+        mlflow.set_tags(
+            {
+                "m3.eval": "osce",
+                "m3.model_uri": model_ref,
+                "m3.judge": judge_name,
+                "m3.simulator": cfg.simulator.backend,
+            }
+        )
+        mlflow.log_metrics(metrics)
+        for name in ("metrics.json", "cases.jsonl", "stations.png", "summary.json"):
+            mlflow.log_artifact(str(out / name))
+        if pinned is not None:
+            registry._client().set_model_version_tag(
+                pinned.name,
+                pinned.version,
+                "m3.eval.osce",
+                json.dumps({"run_id": run.info.run_id, "stations": summary["value"], "backend": backend}),
+            )
+    if cfg.summary_out:
+        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"OSCE {cfg.cases} ({len(rows)} cases, {backend}): inquiry/lab/diagnosis = {summary['value']} -> {out}"
+    )
+    return summary
