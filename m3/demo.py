@@ -39,19 +39,38 @@ register_schema("demo_schema", DemoConfig)
 
 
 def _steps(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
-    m3 = [sys.executable, "-m", "m3.cli"]
+    py = [sys.executable, "-m"]
+    model = "model=models:/m3-base@candidate"
+    tokens = f"generation.max_new_tokens={cfg.max_new_tokens}"
     return {
-        "base": m3 + ["base", f"model={cfg.model}"],
-        "healthbench": [
-            sys.executable,
-            "-m",
+        "base": py + ["m3.cli", "base", f"model={cfg.model}"],
+        "healthbench": py
+        + [
             "eval.healthbench",
             "run",
-            "model=models:/m3-base@candidate",
+            model,
             f"n_examples={cfg.healthbench_examples}",
             f"judge.backend={cfg.judge}",
-            f"generation.max_new_tokens={cfg.max_new_tokens}",
+            tokens,
             f"summary_out={out / 'healthbench.json'}",
+        ],
+        "hallu": py
+        + [
+            "eval.hallu",
+            model,
+            f"n_examples={cfg.hallu_examples}",
+            tokens,
+            f"summary_out={out / 'hallu.json'}",
+        ],
+        "osce": py
+        + [
+            "eval.osce",
+            model,
+            f"n_cases={cfg.osce_cases}",
+            f"judge.backend={cfg.judge}",
+            f"episode.max_inquiry_turns={cfg.osce_inquiry_turns}",
+            tokens,
+            f"summary_out={out / 'osce.json'}",
         ],
     }
 
