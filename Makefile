@@ -13,7 +13,7 @@ export M3_ARTIFACT_ROOT ?= $(CURDIR)/mlruns/artifacts
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint demo ui base lock
+.PHONY: setup test test-slow lint demo ui base lock stage1
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ lint: setup
 # The tiny base model, registered as m3-base@candidate (skipped when the same config is registered).
 base: setup
 	$(VENV)/bin/m3 base $(ARGS)
+
+# Stage 1: make stage1 EXPERT=inquiry|healthcare|general [SCALE=local|cluster] [DRY_RUN=1] [ARGS=...]
+EXPERT ?= inquiry
+SCALE ?= local
+stage1: setup
+	$(PY) -m stage1_expert_rl expert=$(EXPERT) scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 demo: setup
 	$(VENV)/bin/m3 demo $(ARGS)

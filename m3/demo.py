@@ -30,9 +30,20 @@ class DemoConfig:
     hallu_examples: int = 10
     osce_cases: int = 5
     osce_inquiry_turns: int = 4
+    expert_steps: int = 3
     judge: str = "offline"
     max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
-    steps: list[str] = field(default_factory=lambda: ["base", "healthbench", "hallu", "osce"])
+    steps: list[str] = field(
+        default_factory=lambda: [
+            "base",
+            "expert_inquiry",
+            "expert_healthcare",
+            "expert_general",
+            "healthbench",
+            "hallu",
+            "osce",
+        ]
+    )
 
 
 register_schema("demo_schema", DemoConfig)
@@ -44,6 +55,19 @@ def _steps(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
     tokens = f"generation.max_new_tokens={cfg.max_new_tokens}"
     return {
         "base": py + ["m3.cli", "base", f"model={cfg.model}"],
+        **{
+            f"expert_{e}": py
+            + [
+                "stage1_expert_rl",
+                f"expert={e}",
+                f"steps={cfg.expert_steps}",
+                "n_prompts=4",
+                "prompts_per_step=1",
+                "rl.group_size=4",
+                f"summary_out={out / f'expert_{e}.json'}",
+            ]
+            for e in ("inquiry", "healthcare", "general")
+        },
         "healthbench": py
         + [
             "eval.healthbench",
