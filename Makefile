@@ -13,7 +13,7 @@ export M3_ARTIFACT_ROOT ?= $(CURDIR)/mlruns/artifacts
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint demo ui base lock stage1
+.PHONY: setup test test-slow lint demo ui base lock stage1 stage2
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ EXPERT ?= inquiry
 SCALE ?= local
 stage1: setup
 	$(PY) -m stage1_expert_rl expert=$(EXPERT) scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
+
+# Stage 2: make stage2 [ARGS="loss=fkl steps=20"]
+stage2: setup
+	$(PY) -m stage2_distill $(ARGS)
 
 demo: setup
 	$(VENV)/bin/m3 demo $(ARGS)

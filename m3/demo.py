@@ -31,6 +31,7 @@ class DemoConfig:
     osce_cases: int = 5
     osce_inquiry_turns: int = 4
     expert_steps: int = 3
+    distill_steps: int = 10
     judge: str = "offline"
     max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
     steps: list[str] = field(
@@ -39,6 +40,7 @@ class DemoConfig:
             "expert_inquiry",
             "expert_healthcare",
             "expert_general",
+            "distill",
             "healthbench",
             "hallu",
             "osce",
@@ -68,6 +70,8 @@ def _steps(cfg: DemoConfig, out: Path) -> dict[str, list[str]]:
             ]
             for e in ("inquiry", "healthcare", "general")
         },
+        "distill": py
+        + ["stage2_distill", f"steps={cfg.distill_steps}", f"summary_out={out / 'distill.json'}"],
         "healthbench": py
         + [
             "eval.healthbench",

@@ -55,7 +55,9 @@ class Trajectory:
     response_mask: list[int]  # 1 = policy token
     rm_scores: list[float]  # verl's token-level rewards (SPAR-encoded for consultations)
     reward: float
-    extra: dict
+    extra: dict  # the reward function's dict (score and its parts)
+    fields: dict | None = None  # the agent loop's extra_fields (transcript, stage scores, steps)
+    logprobs: list[float] | None = None  # the sampling policy's log-prob of each response token
 
 
 class LocalEngine:
@@ -69,6 +71,7 @@ class LocalEngine:
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
         self.server = LocalServer(self.model, seed=cfg.seed, default_max_tokens=cfg.max_new_tokens)
         self.step = 0
+        self.score = True  # False: rollouts only (stage-2 teacher data), no reward calls
         ckpt = self.out / "checkpoint"
         if (ckpt / "state.json").is_file():  # resume: weights, optimizer, step, RNG
             self.model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
@@ -120,7 +123,7 @@ class LocalEngine:
             global_steps=self.step + 1,
         )
         text = self.tokenizer.decode(out.response_ids, skip_special_tokens=True)
-        score = await _score(row, text, {**extra, **out.extra_fields})
+        score = await _score(row, text, {**extra, **out.extra_fields}) if self.score else {"score": 0.0}
         out.reward_score = float(score["score"])
         d = out.as_dict()
         return Trajectory(
@@ -132,6 +135,8 @@ class LocalEngine:
             [float(x) for x in d["rm_scores"]],
             out.reward_score,
             score,
+            out.extra_fields,
+            [float(x) for x in (out.response_logprobs or [])],
         )
 
     async def _single_turn(self, row: dict) -> Trajectory:
@@ -150,12 +155,21 @@ class LocalEngine:
             },
         )
         text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        score = await _score(row, text, row.get("extra_info") or {})
+        score = await _score(row, text, row.get("extra_info") or {}) if self.score else {"score": 0.0}
         n = len(out.token_ids)
         rm = [0.0] * n
         rm[-1] = float(score["score"])  # outcome reward at the last token, as verl writes it
         return Trajectory(
-            "", row["data_source"], prompt_ids, list(out.token_ids), [1] * n, rm, float(score["score"]), score
+            "",
+            row["data_source"],
+            prompt_ids,
+            list(out.token_ids),
+            [1] * n,
+            rm,
+            float(score["score"]),
+            score,
+            None,
+            list(out.log_probs or []),
         )
 
     def rollout(self, rows: list[dict]) -> list[Trajectory]:

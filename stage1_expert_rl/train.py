@@ -48,6 +48,8 @@ class Stage1Config:
     cluster_backend: str = "fsdp2"  # fsdp2 | megatron
     cluster_size: str = "qwen3_8b"  # qwen3_8b | qwen3_30b_a3b | qwen3_235b_a22b
     cluster_overrides: list[str] = field(default_factory=list)  # extra verl overrides
+    pipeline: bool = True  # inquiry: SPAR's segmented pipeline (stages of different cases per batch)
+    gate_tau: float = 0.5  # quality gate V_k >= tau between stages (OPEN in the paper)
     dry_run: bool = False
     out_dir: str | None = None
     summary_out: str | None = None  # a one-line summary JSON (the demo's table reads it)
@@ -128,10 +130,23 @@ def main(cfg: Stage1Config):
     with mlflow.start_run(run_name=f"stage1-{cfg.expert}"):
         log_config(cfg)
         mlflow.set_tags({"m3.stage": "stage1", "m3.expert": cfg.expert, "m3.data_hash": dhash})
+        scheduler = _scheduler(cfg, rows, out)
         while engine.step < cfg.steps:
-            batch = rng.sample(rows, min(cfg.prompts_per_step, len(rows)))
+            if scheduler is not None:  # segmented pipeline: tasks of different cases at different stages
+                tasks = scheduler.next_batch(cfg.prompts_per_step)
+                batch = scheduler.to_rows(tasks)
+                if not batch:
+                    raise ValueError(
+                        "the pipeline has no task left: every case finished or was stopped by "
+                        "the gate; add cases (n_prompts) or lower gate_tau"
+                    )
+            else:
+                batch = rng.sample(rows, min(cfg.prompts_per_step, len(rows)))
             trajs = engine.rollout(batch)
             metrics = engine.update(trajs)
+            if scheduler is not None:
+                metrics.update(_report(scheduler, tasks, trajs, cfg.rl.group_size))
+                (out / "pipeline.json").write_text(json.dumps(scheduler.state_dict()))
             violations = [t.extra.get("violation_rate", 0.0) for t in trajs if "violation_rate" in t.extra]
             if violations:
                 metrics["violation_rate"] = sum(violations) / len(violations)
@@ -170,6 +185,41 @@ def main(cfg: Stage1Config):
         Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.summary_out).write_text(json.dumps(summary) + "\n")
     return mv
+
+
+def _scheduler(cfg: Stage1Config, rows: list[dict], out: Path):
+    """The inquiry expert's pipeline scheduler over the rows' cases (resumed from out/pipeline.json)."""
+    if cfg.expert != "inquiry" or not cfg.pipeline:
+        return None
+    from m3.clinic.cases import ClinicalCase
+    from stage1_expert_rl.pipeline import PipelineConfig, PipelineScheduler
+
+    # fill_idle_slots: local batches are smaller than the four stages, so free slots admit new cases
+    scheduler = PipelineScheduler(
+        PipelineConfig(gate_tau=cfg.gate_tau, fill_idle_slots=True, seed=cfg.rl.seed)
+    )
+    scheduler.add_cases([ClinicalCase.from_dict(json.loads(r["extra_info"]["case"])) for r in rows])
+    state = out / "pipeline.json"
+    if state.is_file():
+        scheduler.load_state_dict(json.loads(state.read_text()))
+    return scheduler
+
+
+def _report(scheduler, tasks, trajs, group_size: int) -> dict[str, float]:
+    """Gate each task on its stage verifier V_k (the best rollout of its group is carried forward)."""
+    from m3.clinic.transcript import Transcript
+
+    for i, task in enumerate(tasks):
+        group = trajs[i * group_size : (i + 1) * group_size]
+        rollouts = [
+            (
+                Transcript.from_dict(t.fields["transcript"]),
+                float(t.fields["stage_scores"].get(task.stage, 0.0)),
+            )
+            for t in group
+        ]
+        scheduler.report_group(task, rollouts)
+    return {k: float(v) for k, v in scheduler.metrics().items()}  # keys already read "pipeline/..."
 
 
 def _plot(history: list[dict], path: Path) -> None:

@@ -125,3 +125,17 @@ def test_cluster_dry_run_prints_validated_ray_command(mlflow_store, tiny_dir, tm
     assert cmd.startswith("ray job submit") and "verl.trainer.main_ppo" in cmd
     assert "algorithm.adv_estimator='spar'" in cmd and "experiment_name='m3-expert-healthcare'" in cmd
     assert (tmp_path / "c" / "train.parquet").is_file() and (tmp_path / "c" / "val.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_inquiry_pipeline_run_mixes_stages(mlflow_store, tiny_dir, tmp_path):
+    """SPAR's segmented pipeline in the local loop: step 2 trains DDX of case 1 and Inquiry of case 2."""
+    registry.publish(tiny_dir, "m3-base", stage="base")
+    cfg = compose("stage1", ["expert=inquiry", "steps=2", "n_prompts=3", "prompts_per_step=4", "gate_tau=0.0",
+                             "rl.group_size=2", "rl.max_new_tokens=4", f"out_dir={tmp_path / 'run'}"])
+    train.main(cfg)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[0]["pipeline/inquiry/reported"] == 1 and history[0]["pipeline/ddx/reported"] == 0
+    assert history[1]["pipeline/inquiry/reported"] == 2 and history[1]["pipeline/ddx/reported"] == 1
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert state  # the scheduler state is saved each step, so a killed run resumes its pools

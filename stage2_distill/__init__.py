@@ -1,0 +1,1 @@
+"""Stage 2: offline distillation of the experts into one student with Clip-Forward-KL."""

@@ -1,0 +1,222 @@
+"""Stage 2: offline distillation of the three experts into one student with Clip-Forward-KL.
+
+    make stage2                                  # local: tiny experts -> teacher data -> student
+    make stage2 ARGS="loss=fkl steps=20"          # the forward-KL ablation
+
+Config -> teacher rollouts (each `m3-expert-<domain>@candidate` on its own domain's prompts, with
+log-probs; cached by config in the run directory) -> a plain loop over mixture-weighted batches:
+student hidden states -> chunked log-probs of the teacher tokens -> Clip-FKL (or forward-KL) ->
+AdamW -> per-domain losses, masked fraction and a held-out per-domain eval (mean student log-prob
+of the teacher's tokens) to MLflow -> register `m3-distill` with lineage to the student's init and
+every teacher, plus the data hash.
+
+Cluster (not implemented here yet): teacher data from a vLLM offline batch job with logprobs, and
+training through verl's SFT trainer with this loss plugged in (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from m3 import registry
+from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.engine import LocalRLConfig
+from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss, gather_logprobs_chunked
+from stage2_distill.rollouts import DOMAINS, read_records, teacher_samples, write_records
+
+
+@dataclass
+class Stage2Config:
+    init: str = "models:/m3-base@candidate"  # the student's starting point (base or an expert)
+    teachers: dict[str, str] = field(
+        default_factory=lambda: {d: f"models:/m3-expert-{d}@candidate" for d in DOMAINS}
+    )
+    mixture: dict[str, float] = field(
+        default_factory=lambda: {"inquiry": 1.0, "healthcare": 1.0, "general": 1.0}
+    )
+    prompts_per_domain: int = 4
+    heldout_per_domain: int = 1
+    loss: str = "clip_fkl"  # clip_fkl | fkl (ablation)
+    norm: str = "token"  # token | active | sequence (see stage2_distill/losses.py)
+    steps: int = 10
+    batch_size: int = 4
+    lr: float = 5e-4
+    chunk_size: int = 1024
+    rollout: LocalRLConfig = field(
+        default_factory=lambda: LocalRLConfig(max_new_tokens=24, max_response_length=512)
+    )
+    out_dir: str | None = None
+    summary_out: str | None = None
+    seed: int = 0
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("clip_fkl", "fkl"):
+            raise ValueError(f"loss must be 'clip_fkl' or 'fkl', got {self.loss!r}")
+        if set(self.teachers) != set(DOMAINS) or set(self.mixture) != set(DOMAINS):
+            raise ValueError(f"teachers and mixture need exactly the domains {DOMAINS}")
+
+
+register_schema("stage2_schema", Stage2Config)
+
+
+def domain_rows(domain: str, n: int) -> list[dict]:
+    """The first n prompts of a domain, in the stage-1 row schema (m3.expert_data)."""
+    from m3 import expert_data
+
+    if domain == "inquiry":
+        from m3.clinic.cases import load_cases
+
+        rows = expert_data.inquiry_rows(load_cases(REPO_ROOT / "data" / "agentclinic_medqa.jsonl")[:n])
+        for r in rows:  # short consultations: the tiny teachers ramble
+            r["extra_info"]["episode"] = {"max_inquiry_turns": 3}
+        return rows
+    if domain == "healthcare":
+        from eval.healthbench.data import load_examples
+
+        return expert_data.healthcare_rows(
+            load_examples(REPO_ROOT / "data" / "healthbench_sample30.jsonl")[:n]
+        )
+    return expert_data.general_rows(expert_data.generate_general(n, seed=0))
+
+
+def build_data(cfg: Stage2Config, out: Path) -> tuple[dict[str, list[dict]], dict[str, list[dict]], str]:
+    """Teacher records per domain (train, held-out) and the data hash; reused when already written."""
+    path = out / "teacher_data.parquet"
+    if not path.is_file():
+        records = []
+        for d in DOMAINS:
+            rows = domain_rows(d, cfg.prompts_per_domain + cfg.heldout_per_domain)
+            records += teacher_samples(
+                registry.resolve(cfg.teachers[d]), d, rows, cfg.rollout, out / f"tmp-{d}"
+            )
+        write_records(records, path)
+    records = read_records(path)
+    dhash = registry.data_hash(path)
+    train, held = {d: [] for d in DOMAINS}, {d: [] for d in DOMAINS}
+    for r in records:
+        (held if len(held[r["domain"]]) < cfg.heldout_per_domain else train)[r["domain"]].append(r)
+    return train, held, dhash
+
+
+def _batch(records: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(input ids B x L, target positions mask B x L-1, teacher logp B x L-1, targets) right-padded."""
+    seqs = [r["prompt_ids"] + r["response_ids"] for r in records]
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), 151643, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L - 1)
+    teacher = torch.zeros(len(seqs), L - 1)
+    for i, (r, s) in enumerate(zip(records, seqs, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        p = len(r["prompt_ids"])
+        n = len(r["response_ids"])
+        mask[i, p - 1 : p - 1 + n] = torch.tensor(r["loss_mask"], dtype=torch.float32)
+        teacher[i, p - 1 : p - 1 + n] = torch.tensor(r["teacher_logprobs"])
+    return ids, mask, teacher, ids[:, 1:], L
+
+
+def student_logprobs(model, records: list[dict], chunk_size: int):
+    ids, mask, teacher, targets, _ = _batch(records)
+    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]  # position t predicts token t+1
+    logp = gather_logprobs_chunked(hidden, model.lm_head.weight, targets, chunk_size=chunk_size)
+    return logp, teacher, mask
+
+
+def evaluate(model, held: dict[str, list[dict]], chunk_size: int) -> dict[str, float]:
+    """Mean student log-prob of the teachers' tokens on held-out samples, per domain."""
+    out = {}
+    with torch.no_grad():
+        for d, recs in held.items():
+            if recs:
+                logp, _, mask = student_logprobs(model, recs, chunk_size)
+                out[f"eval/{d}/teacher_token_logp"] = float((logp * mask).sum() / mask.sum().clamp(min=1))
+    return out
+
+
+def main(cfg: Stage2Config):
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry.setup(cfg.tracking.experiment)
+    parents = [cfg.init, *[cfg.teachers[d] for d in DOMAINS]]
+    chash = config_hash(cfg, exclude=("tracking", "out_dir", "summary_out"))
+    existing = registry.find_version("m3-distill", chash, parents)
+    if existing is not None:
+        registry._client().set_registered_model_alias("m3-distill", "candidate", existing.version)
+        print(f"m3-distill: up to date (version {existing.version}, config {chash})")
+        _summary(cfg, "registered (up to date)", f"v{existing.version}")
+        return existing
+    out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage2" / chash
+    train_recs, held, dhash = build_data(cfg, out)
+    init_dir = registry.resolve(cfg.init)
+    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    rng = random.Random(cfg.seed)
+    weights = [cfg.mixture[d] if train_recs[d] else 0.0 for d in DOMAINS]
+    history = []
+    with mlflow.start_run(run_name=f"stage2-{cfg.loss}"):
+        log_config(cfg)
+        mlflow.set_tags({"m3.stage": "stage2", "m3.data_hash": dhash})
+        before = evaluate(model, held, cfg.chunk_size)
+        mlflow.log_metrics(before, step=0)
+        for step in range(1, cfg.steps + 1):
+            domains = rng.choices(DOMAINS, weights=weights, k=cfg.batch_size)  # mixture weights per sample
+            batch = [rng.choice(train_recs[d]) for d in domains]
+            logp, teacher, mask = student_logprobs(model, batch, cfg.chunk_size)
+            if cfg.loss == "clip_fkl":
+                loss, stats = clip_forward_kl_loss(logp, teacher, mask, norm=cfg.norm)
+            else:
+                loss, stats = forward_kl_nll_loss(logp, mask, norm=cfg.norm)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
+            for d in set(domains):  # per-domain loss of this batch's samples (no gradient)
+                rows = [i for i, x in enumerate(domains) if x == d]
+                with torch.no_grad():
+                    sub = (
+                        clip_forward_kl_loss(logp[rows], teacher[rows], mask[rows], norm=cfg.norm)
+                        if cfg.loss == "clip_fkl"
+                        else forward_kl_nll_loss(logp[rows], mask[rows], norm=cfg.norm)
+                    )
+                metrics[f"loss/{d}"] = float(sub[0])
+            mlflow.log_metrics(metrics, step=step)
+            history.append({"step": step, **metrics})
+        after = evaluate(model, held, cfg.chunk_size)
+        mlflow.log_metrics(after, step=cfg.steps)
+        (out / "history.json").write_text(
+            json.dumps({"history": history, "eval_before": before, "eval_after": after}, indent=2)
+        )
+        mlflow.log_artifact(str(out / "history.json"))
+        model.save_pretrained(out / "model", safe_serialization=True)
+        AutoTokenizer.from_pretrained(init_dir).save_pretrained(out / "model")
+        mv = registry.publish(
+            out / "model",
+            "m3-distill",
+            stage="stage2",
+            parents=parents,
+            config=cfg,
+            data_hashes={"teacher_data": dhash},
+            tags={"m3.config_hash": chash},
+            description="Clip-Forward-KL student of the three experts (`make stage2`).",
+        )
+    print(
+        f"m3-distill: registered version {mv.version}; held-out teacher-token log-prob "
+        + ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in after)
+    )
+    gain = ", ".join(f"{k.split('/')[1]} {after[k] - before[k]:+.3f}" for k in after)
+    _summary(cfg, "held-out teacher-token logp gain", f"{gain} (v{mv.version})")
+    return mv
+
+
+def _summary(cfg: Stage2Config, metric: str, value: str) -> None:
+    """A one-line summary JSON for the demo's table."""
+    if cfg.summary_out:
+        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        row = {"step": "stage2", "metric": metric, "value": value, "backend": cfg.loss}
+        Path(cfg.summary_out).write_text(json.dumps(row) + "\n")
