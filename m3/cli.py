@@ -71,6 +71,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args.overrides)
 
 
+def run_entry(config_name: str, main_fn, argv: list[str] | None = None) -> int:
+    """The `python -m <stage or eval>` pattern: compose `configs/<config_name>` with the command
+    line's Hydra overrides, run `main_fn(cfg)`; user errors print one line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from m3.config import compose
+    from m3.registry import RegistryError
+
+    try:
+        main_fn(compose(config_name, list(sys.argv[1:] if argv is None else argv)))
+    except (ValueError, OSError, RegistryError, HydraException, OmegaConfBaseException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="m3", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

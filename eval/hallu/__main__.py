@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
-
-from m3.registry import RegistryError
+from m3.cli import run_entry
 
 
 def main(argv: list[str] | None = None) -> int:
     from eval.hallu import run
-    from m3.config import compose
 
-    try:
-        run.main(compose("eval/hallu", list(sys.argv[1:] if argv is None else argv)))
-    except (ValueError, OSError, RegistryError, HydraException, OmegaConfBaseException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_entry("eval/hallu", run.main, argv)
 
 
 if __name__ == "__main__":

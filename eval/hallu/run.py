@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.common import evaluated_model, read_jsonl_resumable, record_run, repo_path, run_dir
 from eval.healthbench.data import load_examples, subsample
-from eval.healthbench.run import GenerationConfig, _data_source, generate_missing
+from eval.healthbench.run import GenerationConfig, generate_missing
 from m3 import registry
-from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.config import TrackingConfig, register_schema
 from m3.facts.reward import FactAwareReward, FactRewardConfig
 from m3.facts.reward_math import hallucination_rate
 
@@ -73,16 +73,7 @@ def aggregate(rows: list[dict]) -> dict[str, float]:
 
 
 async def verify_missing(cfg: HalluRunConfig, examples, completions: dict[str, str], path: Path) -> None:
-    done = set()
-    if path.is_file():
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # torn by a crash: redo from here
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        done = {r["prompt_id"] for r in rows}
+    done = {r["prompt_id"] for r in read_jsonl_resumable(path)}
     todo = [e for e in examples if e.prompt_id not in done]
     if not todo:
         return
@@ -112,24 +103,10 @@ def _passage_text(checker: FactAwareReward, passage_id: str) -> str | None:
 
 
 def main(cfg: HalluRunConfig) -> dict:
-    import mlflow
-
     registry.setup(cfg.tracking.experiment)
-    model_ref, pinned = cfg.endpoint or cfg.model or "", None
-    if cfg.model and cfg.model.startswith("models:/") and not cfg.endpoint:
-        pinned = registry.pin(cfg.model)
-        model_ref = pinned.uri
-    examples = subsample(load_examples(_data_source(cfg.data)), cfg.n_examples, cfg.seed)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_ref}-{Path(cfg.data).stem}")[:80]
-    out = (
-        Path(cfg.out_dir)
-        if cfg.out_dir
-        else REPO_ROOT
-        / "outputs"
-        / "hallu"
-        / (f"{slug}-{config_hash(cfg, exclude=('tracking', 'out_dir', 'summary_out'))}")
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    model_ref, pinned = evaluated_model(cfg)
+    examples = subsample(load_examples(repo_path(cfg.data)), cfg.n_examples, cfg.seed)
+    out = run_dir(cfg, "hallu", cfg.data, model_ref)
     completions = generate_missing(cfg, examples, out / "completions.jsonl")
     asyncio.run(verify_missing(cfg, examples, completions, out / "claims.jsonl"))
     wanted = {e.prompt_id for e in examples}
@@ -151,24 +128,18 @@ def main(cfg: HalluRunConfig) -> dict:
         "out_dir": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with mlflow.start_run(run_name=f"hallu-{Path(cfg.data).stem}") as run:
-        log_config(cfg)
-        mlflow.set_tags({"m3.eval": "healthbench-hallu", "m3.model_uri": model_ref, "m3.judge": backend})
-        mlflow.log_metrics(metrics)
-        for name in ("metrics.json", "claims.jsonl", "summary.json"):
-            mlflow.log_artifact(str(out / name))
-        if pinned is not None:
-            registry._client().set_model_version_tag(
-                pinned.name,
-                pinned.version,
-                "m3.eval.hallu",
-                json.dumps(
-                    {"run_id": run.info.run_id, "hallucination_rate": summary["value"], "backend": backend}
-                ),
-            )
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+    record_run(
+        cfg,
+        kind="hallu",
+        run_name=f"hallu-{Path(cfg.data).stem}",
+        model_ref=model_ref,
+        pinned=pinned,
+        tags={"m3.judge": backend},
+        metrics=metrics,
+        artifacts=[out / n for n in ("metrics.json", "claims.jsonl", "summary.json")],
+        link={"hallucination_rate": summary["value"], "backend": backend},
+        summary=summary,
+    )
     print(
         f"HealthBench-Hallu {cfg.data}: H = {summary['value']} over {metrics['n_claims']} claims "
         f"({backend}) -> {out}"

@@ -25,10 +25,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.common import evaluated_model, read_jsonl_resumable, record_run, repo_path, run_dir
 from eval.healthbench.data import HealthBenchExample, graded_record, load_examples, load_graded, subsample
 from eval.healthbench.scoring import N_BOOTSTRAP, score_graded
 from m3 import registry
-from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.config import TrackingConfig, register_schema
 from m3.judges.config import JudgeConfig, build_rubric_judge, judge_backend_name
 
 
@@ -65,46 +66,17 @@ class HealthBenchRunConfig:
 register_schema("healthbench_schema", HealthBenchRunConfig)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line torn by a crash mid-write: everything after it is redone
-    return rows
-
-
 def _append(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
 
 
-def _repair_tail(path: Path) -> None:
-    """Drop a torn last line left by a crash mid-write, so appends start on a clean line."""
-    if path.is_file():
-        rows = _read_jsonl(path)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def default_out_dir(cfg: HealthBenchRunConfig, model_ref: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_ref}-{Path(cfg.data).stem}")[:80]
-    return (
-        REPO_ROOT
-        / "outputs"
-        / "healthbench"
-        / f"{slug}-{config_hash(cfg, exclude=('tracking', 'out_dir', 'summary_out'))}"
-    )
-
-
 # --- generation ------------------------------------------------------------------------------
 def generate_missing(
     cfg: HealthBenchRunConfig, examples: list[HealthBenchExample], path: Path
 ) -> dict[str, str]:
-    done = {r["prompt_id"]: r["completion"] for r in _read_jsonl(path)}
+    done = {r["prompt_id"]: r["completion"] for r in read_jsonl_resumable(path)}
     todo = [e for e in examples if e.prompt_id not in done]
     if not todo:
         return done
@@ -169,7 +141,7 @@ async def grade_missing(
     cfg: HealthBenchRunConfig, examples: list[HealthBenchExample], completions: dict[str, str], path: Path
 ) -> list[dict]:
     """Grade every example not yet in `path`; returns the failures (prompt_id, item, error)."""
-    done = {r["prompt_id"] for r in _read_jsonl(path)}
+    done = {r["prompt_id"] for r in read_jsonl_resumable(path)}
     todo = [e for e in examples if e.prompt_id not in done]
     failures: list[dict] = []
     if not todo:
@@ -224,20 +196,11 @@ def plot_scores(metrics: dict, out: Path) -> None:
 
 
 def main(cfg: HealthBenchRunConfig) -> dict:
-    import mlflow
-
     registry.setup(cfg.tracking.experiment)
-    model_ref = cfg.endpoint or cfg.model or ""
-    pinned = None
-    if cfg.model and cfg.model.startswith("models:/") and not cfg.endpoint:
-        pinned = registry.pin(cfg.model)
-        model_ref = pinned.uri
-    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg, model_ref)
-    out.mkdir(parents=True, exist_ok=True)
-    examples = subsample(load_examples(_data_source(cfg.data)), cfg.n_examples, cfg.seed)
+    model_ref, pinned = evaluated_model(cfg)
+    out = run_dir(cfg, "healthbench", cfg.data, model_ref)
+    examples = subsample(load_examples(repo_path(cfg.data)), cfg.n_examples, cfg.seed)
     completions_path, graded_path = out / "completions.jsonl", out / "graded.jsonl"
-    _repair_tail(completions_path)
-    _repair_tail(graded_path)
 
     completions = generate_missing(cfg, examples, completions_path)
     failures = asyncio.run(grade_missing(cfg, examples, completions, graded_path))
@@ -274,34 +237,20 @@ def main(cfg: HealthBenchRunConfig) -> dict:
         "out_dir": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-    with mlflow.start_run(run_name=f"healthbench-{Path(cfg.data).stem}") as run:
-        log_config(cfg)
-        mlflow.set_tags({"m3.eval": "healthbench", "m3.model_uri": model_ref, "m3.judge": judge_name})
-        mlflow.log_metrics(
-            {_metric_key(k): float(v) for k, v in metrics.items() if ":" not in k or k.count(":") == 1}
-        )
-        mlflow.log_metrics({"n_graded": len(graded), "n_failed_examples": summary["n_failed_examples"]})
-        for name in ("metrics.json", "graded.jsonl", "scores.png", "summary.json"):
-            mlflow.log_artifact(str(out / name))
-        if pinned is not None:  # link the eval to the model version it measured
-            client = registry._client()
-            client.set_model_version_tag(
-                pinned.name,
-                pinned.version,
-                "m3.eval.healthbench",
-                json.dumps(
-                    {
-                        "run_id": run.info.run_id,
-                        "overall_score": summary["value"],
-                        "judge": judge_name,
-                        "data": cfg.data,
-                    }
-                ),
-            )
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+    logged = {_metric_key(k): float(v) for k, v in metrics.items() if ":" not in k or k.count(":") == 1}
+    logged.update(n_graded=len(graded), n_failed_examples=summary["n_failed_examples"])
+    record_run(
+        cfg,
+        kind="healthbench",
+        run_name=f"healthbench-{Path(cfg.data).stem}",
+        model_ref=model_ref,
+        pinned=pinned,
+        tags={"m3.judge": judge_name},
+        metrics=logged,
+        artifacts=[out / n for n in ("metrics.json", "graded.jsonl", "scores.png", "summary.json")],
+        link={"overall_score": summary["value"], "judge": judge_name, "data": cfg.data},
+        summary=summary,
+    )
     print(
         f"HealthBench {cfg.data}: overall_score {summary['value']} +- {summary['bootstrap_std']} "
         f"({len(graded)}/{len(examples)} graded, judge {judge_name}) -> {out}"
@@ -315,10 +264,3 @@ def main(cfg: HealthBenchRunConfig) -> dict:
 
 def _metric_key(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
-
-
-def _data_source(data: str) -> str:
-    path = Path(data)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        return str(REPO_ROOT / path)
-    return data

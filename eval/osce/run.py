@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from eval.common import evaluated_model, read_jsonl_resumable, record_run, repo_path, run_dir
 from eval.osce.doctors import build_doctor
 from m3 import registry
 from m3.clinic.cases import ClinicalCase, load_cases
@@ -35,7 +35,7 @@ from m3.clinic.simulator import PatientSimulator, SimulatorConfig
 from m3.clinic.steps import StepVerifierConfig, verify_steps
 from m3.clinic.transcript import Transcript
 from m3.clinic.verifiers import VerifierConfig, stage_scores
-from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.config import TrackingConfig, register_schema
 from m3.judges.base import RubricItem
 from m3.judges.config import JudgeConfig, build_rubric_judge, judge_backend_name
 
@@ -91,6 +91,8 @@ class OsceRunConfig:
     def __post_init__(self) -> None:
         if not self.model and not self.endpoint:
             raise ValueError("set `model=models:/...` (or a directory) or `endpoint=http://.../v1`")
+        if self.n_cases is not None and self.n_cases < 1:
+            raise ValueError(f"n_cases must be >= 1 (or null for every case), got {self.n_cases}")
 
 
 register_schema("osce_schema", OsceRunConfig)
@@ -173,42 +175,15 @@ def plot_stations(metrics: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _resolve(path: str) -> str:
-    p = Path(path)
-    return str(REPO_ROOT / p) if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists() else path
-
-
 def main(cfg: OsceRunConfig) -> dict:
-    import mlflow
-
     registry.setup(cfg.tracking.experiment)
-    model_ref, pinned = cfg.endpoint or cfg.model or "", None
-    if cfg.model and cfg.model.startswith("models:/") and not cfg.endpoint:
-        pinned = registry.pin(cfg.model)
-        model_ref = pinned.uri
-    cases = load_cases(_resolve(cfg.cases))
+    model_ref, pinned = evaluated_model(cfg)
+    cases = load_cases(repo_path(cfg.cases))
     if cfg.n_cases is not None:
         cases = cases[: cfg.n_cases]  # the first n: station scores stay comparable across runs
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_ref}-{Path(cfg.cases).stem}")[:80]
-    out = (
-        Path(cfg.out_dir)
-        if cfg.out_dir
-        else REPO_ROOT
-        / "outputs"
-        / "osce"
-        / (f"{slug}-{config_hash(cfg, exclude=('tracking', 'out_dir', 'summary_out'))}")
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_dir(cfg, "osce", cfg.cases, model_ref)
     path = out / "cases.jsonl"
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # torn by a crash: redo from here
-            done[row["case_id"]] = row
-        path.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    done = {row["case_id"]: row for row in read_jsonl_resumable(path)}
     todo = [c for c in cases if c.case_id not in done]
     if todo:
         doctor, patient, judge = (
@@ -245,29 +220,18 @@ def main(cfg: OsceRunConfig) -> dict:
         "out_dir": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with mlflow.start_run(run_name=f"osce-{Path(cfg.cases).stem}") as run:
-        log_config(cfg)
-        mlflow.set_tags(
-            {
-                "m3.eval": "osce",
-                "m3.model_uri": model_ref,
-                "m3.judge": judge_name,
-                "m3.simulator": cfg.simulator.backend,
-            }
-        )
-        mlflow.log_metrics(metrics)
-        for name in ("metrics.json", "cases.jsonl", "stations.png", "summary.json"):
-            mlflow.log_artifact(str(out / name))
-        if pinned is not None:
-            registry._client().set_model_version_tag(
-                pinned.name,
-                pinned.version,
-                "m3.eval.osce",
-                json.dumps({"run_id": run.info.run_id, "stations": summary["value"], "backend": backend}),
-            )
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+    record_run(
+        cfg,
+        kind="osce",
+        run_name=f"osce-{Path(cfg.cases).stem}",
+        model_ref=model_ref,
+        pinned=pinned,
+        tags={"m3.judge": judge_name, "m3.simulator": cfg.simulator.backend},
+        metrics=metrics,
+        artifacts=[out / n for n in ("metrics.json", "cases.jsonl", "stations.png", "summary.json")],
+        link={"stations": summary["value"], "backend": backend},
+        summary=summary,
+    )
     print(
         f"OSCE {cfg.cases} ({len(rows)} cases, {backend}): inquiry/lab/diagnosis = {summary['value']} -> {out}"
     )
