@@ -272,6 +272,9 @@ _QUANTITY = re.compile(
 _TEMP_LETTER = re.compile(rf"(?<![\w.])(?P<a>{_NUM})\s?(?P<unit>[CF])\b")
 
 
+_NUMBER_TOKEN = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+
+
 def _to_float(s: str) -> float:
     s = s.lower()
     return float(_WORD_NUMBERS[s]) if s in _WORD_NUMBERS else float(s.replace(",", ""))
@@ -365,7 +368,8 @@ def quantities_agree(required: list[Quantity], text: str, rel_tol: float = 0.01)
     "5 tablets of 50 mg" still fails "5 mg" because it states a mass and it is the wrong one."""
     found = extract_quantities(text)
     dims = {dimension(q.unit) for q in found}
-    numbers = {_to_float(t) for t in tokenize(text) if t[0].isdigit()}
+    # section numbers like "1.1.1" or dates are not quantities: keep only tokens that parse
+    numbers = {float(t.replace(",", "")) for t in tokenize(text) if _NUMBER_TOKEN.fullmatch(t)}
     for q in required:
         if any(same_quantity(q, f, rel_tol) for f in found):
             continue

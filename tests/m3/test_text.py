@@ -141,3 +141,12 @@ def test_quantities_agree():
     assert quantities_agree(extract_quantities("2 cm"), 'Press at least 2" deep.')
     assert not quantities_agree(five, "Take it at night.")
     assert quantities_agree([], "anything")
+
+
+def test_section_numbers_are_not_quantities():
+    from m3.text import extract_quantities, quantities_agree
+
+    # "1.1.1" (a guideline section) used to raise ValueError while scanning bare numbers
+    five_mg = extract_quantities("take 5 mg")
+    assert quantities_agree(five_mg, "NICE 1.1.1 says take 5 mg")
+    assert not quantities_agree(five_mg, "NICE 1.1.1 says take 50 mg")
