@@ -143,6 +143,10 @@ def _check_m3_rules(cfg: DictConfig) -> None:
     get_policy_loss_fn(cfg.actor_rollout_ref.actor.policy_loss.loss_mode)  # ValueError if unknown
     if cfg.algorithm.adv_estimator == spar.NAME:
         spar.check_algorithm_config(cfg.algorithm)
+        if not cfg.trainer.get("use_v1", False):
+            # only the v1 trainer builds rm_scores through AgentLoopOutput.as_dict, where the
+            # consultation loop writes its per-step rewards; the legacy path keeps one last-token score
+            raise ValueError("SPAR needs verl's v1 trainer: set trainer.use_v1=true")
         rm = cfg.reward.reward_model
         if rm.enable and not rm.enable_resource_pool:
             raise ValueError(

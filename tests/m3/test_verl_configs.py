@@ -76,6 +76,7 @@ def test_235b_megatron_layout():
         ("actor_rollout_ref.actor.use_dynamic_bsz=false", "ppo_micro_batch_size"),  # verl's own check
         ("algorithm.use_kl_in_reward=true", "use_kl_in_reward"),
         ("reward.reward_model.enable=true", "enable_resource_pool"),  # a colocated RM erases step penalties
+        ("trainer.use_v1=false", "use_v1"),  # the legacy trainer never writes SPAR's step rewards
     ],
 )
 def test_wrong_settings_fail_validation(override, message):
