@@ -13,7 +13,7 @@ export M3_ARTIFACT_ROOT ?= $(CURDIR)/mlruns/artifacts
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow lint demo ui base lock stage1 stage2
+.PHONY: setup test test-slow lint demo ui base lock stage1 stage2 stage3 draft quant serve
 
 setup: $(STAMP)
 
@@ -49,6 +49,23 @@ stage1: setup
 # Stage 2: make stage2 [ARGS="loss=fkl steps=20"]
 stage2: setup
 	$(PY) -m stage2_distill $(ARGS)
+
+# Stage 3: make stage3 [SCALE=local|cluster] [DRY_RUN=1] [ARGS="alpha=0.5 steps=8"]
+stage3: setup
+	$(PY) -m stage3_mopd scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
+
+# Eagle3 draft: make draft [TARGET=models:/m3-mopd@candidate] [ARGS="steps=200 register=ungated"]
+draft: setup
+	$(PY) -m draft_eagle3 $(if $(TARGET),target=$(TARGET),) $(ARGS)
+
+# W4 quantization: make quant [MODEL=models:/m3-mopd@candidate] [ARGS="gptq.group_size=64"]
+quant: setup
+	$(PY) -m quant $(if $(MODEL),source=$(MODEL),) $(ARGS)
+
+# Serving: make serve [MODEL=models:/...|dir|qwen3_235b_a22b] [ENGINE=vllm|sglang|transformers] [DRY_RUN=1] [ARGS=...]
+ENGINE ?= transformers
+serve: setup
+	$(PY) -m serve engine=$(ENGINE) $(if $(MODEL),model=$(MODEL),) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 demo: setup
 	$(VENV)/bin/m3 demo $(ARGS)

@@ -60,6 +60,7 @@ from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 from verl.experimental.agent_loop.agent_loop import register as register_agent_loop
+from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 from verl.utils.profiler import simple_timer
 
 from m3.clinic.cases import ClinicalCase
@@ -71,6 +72,7 @@ from m3.clinic.verifiers import stage_scores
 from m3.spar import encode_step_rewards
 
 NAME = "m3_consultation"
+SINGLE_TURN_NAME = "m3_single_turn"  # single-turn rows in a SPAR batch (stage 3)
 TURN_END = "<|im_end|>"  # ChatML: closes every turn; the Qwen3 templates the project uses are ChatML
 _SIMULATORS: dict[SimulatorConfig, PatientSimulator] = {}  # one per config and process: keeps case indexes
 
@@ -319,6 +321,23 @@ def _verify(case: ClinicalCase, t: Transcript, cfg: StepVerifierConfig) -> tuple
     return violations, step_gammas(violations, cfg), stage_scores(case, t)
 
 
+class SingleTurnSparLoop(SingleTurnAgentLoop):
+    """verl's single-turn loop, its reward written in SPAR's layout as one clean step.
+
+    Stage 3 mixes consultations and single-turn prompts in one batch, and verl runs one advantage
+    estimator per batch. With the reward at the first response token and gamma = 1 (the layout of
+    `m3.spar.encode_step_rewards` for a single clean step), `algorithm.adv_estimator=spar` gives these
+    rows exactly GRPO's advantages, while consultations keep their step penalties.
+    """
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> ConsultationOutput:
+        out = await super().run(sampling_params, **kwargs)
+        fields = out.model_dump(exclude_unset=True)
+        fields["extra_fields"] = {**fields.get("extra_fields", {}), "step_gammas": [1.0]}
+        return ConsultationOutput(**fields)
+
+
 def register() -> None:
-    """(Re-)register the loop under "m3_consultation" in verl's agent-loop registry (idempotent)."""
+    """(Re-)register "m3_consultation" and "m3_single_turn" in verl's agent-loop registry (idempotent)."""
     register_agent_loop(NAME)(ConsultationAgentLoop)  # same entry as the decorator's: safe to repeat
+    register_agent_loop(SINGLE_TURN_NAME)(SingleTurnSparLoop)

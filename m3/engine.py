@@ -4,7 +4,7 @@ It runs the SAME adapters as a cluster job, with no copy of their logic: rollout
 "m3_consultation" agent loop (consultations) or the chat template (single-turn prompts) against
 `LocalServer` serving the policy being trained; rewards from `m3.rewards.compute_score`; advantages
 from verl's estimator registry ("spar" for consultations, "grpo" otherwise); the policy loss from
-verl's registry (`gspo` by default) with `agg_loss`; an AdamW step; checkpoints that resume.
+verl's registry (`gspo` by default) with `agg_loss`; an optimizer step (AdamW, or SGD); checkpoints that resume.
 
     engine = LocalEngine(model_dir, LocalRLConfig(), out_dir)
     trajs = engine.rollout(rows)           # rows in the verl parquet schema (stage1_expert_rl.data)
@@ -44,6 +44,21 @@ class LocalRLConfig:
     clip_ratio_high: float = 4e-4
     grad_clip: float = 1.0
     seed: int = 0
+    # adamw (verl's actor optimiser) | sgd. On a few hundred sampled tokens per step Adam's
+    # per-coordinate normalisation turns a sparse, noisy on-policy gradient into a random walk; plain
+    # SGD follows its expectation (stage 3 on the tiny models: see stage3_mopd/README.md)
+    optimizer: str = "adamw"
+    # spar | grpo. grpo = the paper's ablation: plain GRPO on the unpenalized global reward (verl's
+    # GRPO sums rm_scores, and SPAR's encoding sums to R_global, so the same rollouts serve both)
+    consultation_estimator: str = "spar"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"rl.optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.consultation_estimator not in ("spar", "grpo"):
+            raise ValueError(
+                f"rl.consultation_estimator must be spar or grpo, got {self.consultation_estimator!r}"
+            )
 
 
 @dataclass
@@ -68,14 +83,14 @@ class LocalEngine:
         self.cfg, self.out = cfg, Path(out_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
+        self.optim = _optimizer(self.model, cfg)
         self.server = LocalServer(self.model, seed=cfg.seed, default_max_tokens=cfg.max_new_tokens)
         self.step = 0
         self.score = True  # False: rollouts only (stage-2 teacher data), no reward calls
         ckpt = self.out / "checkpoint"
         if (ckpt / "state.json").is_file():  # resume: weights, optimizer, step, RNG
             self.model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
-            self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
+            self.optim = _optimizer(self.model, cfg)
             self.optim.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
             state = json.loads((ckpt / "state.json").read_text())
             self.step = state["step"]
@@ -192,38 +207,15 @@ class LocalEngine:
 
     # --- update --------------------------------------------------------------------------------
     def _log_probs(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
-        """log pi(response token) for every trajectory, right-padded to (B, T)."""
-        T = max(len(t.response_ids) for t in trajs)
-        out = torch.zeros(len(trajs), T)
-        mask = torch.zeros(len(trajs), T)
-        for i, t in enumerate(trajs):
-            ids = torch.tensor([t.prompt_ids + t.response_ids])
-            logits = self.model(ids).logits[0, len(t.prompt_ids) - 1 : -1]
-            lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(t.prompt_ids) :, None])[:, 0]
-            out[i, : len(lp)] = lp
-            mask[i, : len(lp)] = torch.tensor(t.response_mask, dtype=torch.float32)
-        return out, mask
+        return response_logprobs(self.model, trajs)
 
     def update(self, trajs: list[Trajectory]) -> dict[str, float]:
-        from omegaconf import OmegaConf
-        from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn
+        from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn
         from verl.workers.config import ActorConfig, PolicyLossConfig
 
-        T = max(len(t.response_ids) for t in trajs)
-        rm = torch.zeros(len(trajs), T)
-        for i, t in enumerate(trajs):
-            rm[i, : len(t.rm_scores)] = torch.tensor(t.rm_scores)
-        index = np.array([t.uid for t in trajs], dtype=object)
-        consult = trajs[0].extra.get("route") == "inquiry" or trajs[0].data_source == "m3_inquiry"
         self.model.train()
         log_prob, mask = self._log_probs(trajs)
-        adv_fn = get_adv_estimator_fn("spar" if consult else "grpo")
-        adv, _ = adv_fn(
-            token_level_rewards=rm,
-            response_mask=mask,
-            index=index,
-            config=OmegaConf.create({"norm_adv_by_std_in_grpo": True}),
-        )
+        adv = task_advantages(trajs, mask, self.cfg.consultation_estimator)
         actor = ActorConfig(  # the fields verl's policy losses read; the rest are worker settings
             strategy="fsdp",
             ppo_micro_batch_size_per_gpu=1,
@@ -282,6 +274,59 @@ class LocalEngine:
             shutil.rmtree(final)
         tmp.rename(final)
         return final
+
+
+def _optimizer(model, cfg: LocalRLConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+
+
+def response_logprobs(model, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(response token) of `model` for every trajectory and the response mask, right-padded (B, T).
+
+    One forward per trajectory (no padding inside the model); gradients flow unless called under
+    torch.no_grad (teachers, evaluation).
+    """
+    T = max(len(t.response_ids) for t in trajs)
+    out = torch.zeros(len(trajs), T)
+    mask = torch.zeros(len(trajs), T)
+    for i, t in enumerate(trajs):
+        ids = torch.tensor([t.prompt_ids + t.response_ids])
+        logits = model(ids).logits[0, len(t.prompt_ids) - 1 : -1]
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(t.prompt_ids) :, None])[:, 0]
+        out[i, : len(lp)] = lp
+        mask[i, : len(lp)] = torch.tensor(t.response_mask, dtype=torch.float32)
+    return out, mask
+
+
+def task_advantages(
+    trajs: list[Trajectory], mask_BT: torch.Tensor, consultation_estimator: str = "spar"
+) -> torch.Tensor:
+    """Group-relative task advantages (B, T) from verl's estimator registry, per kind of rollout.
+
+    Consultations (data_source m3_inquiry) get "spar" (step penalties from their rm_scores; "grpo"
+    for the ablation), the single-turn rows "grpo"; a batch may mix both (stage 3).
+    """
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    T = mask_BT.shape[1]
+    rm = torch.zeros(len(trajs), T)
+    for i, t in enumerate(trajs):
+        rm[i, : len(t.rm_scores)] = torch.tensor(t.rm_scores)
+    index = np.array([t.uid for t in trajs], dtype=object)
+    consult = torch.tensor([t.data_source == "m3_inquiry" for t in trajs])
+    adv = torch.zeros(len(trajs), T)
+    for name, rows in ((consultation_estimator, consult), ("grpo", ~consult)):
+        if bool(rows.any()):
+            adv[rows], _ = get_adv_estimator_fn(name)(
+                token_level_rewards=rm[rows],
+                response_mask=mask_BT[rows],
+                index=index[rows.numpy()],
+                config=OmegaConf.create({"norm_adv_by_std_in_grpo": True}),
+            )
+    return adv
 
 
 async def _score(row: dict, text: str, extra_info: dict) -> dict:

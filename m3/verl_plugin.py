@@ -9,9 +9,9 @@ verl catches a plugin's load error and logs it at DEBUG, which hides it. So each
 runs on its own and a failure is logged at WARNING with its traceback; the other steps still run.
 `VERL_USE_EXTERNAL_PLUGINS=none` switches all plugins off.
 
-Registered now: advantage estimator "spar" (m3.spar) and the "m3_consultation" agent loop
-(m3.agent_loop). Still to come, as one function appended to REGISTRATIONS: the stage-3
-distillation loss (`verl.trainer.distillation.losses.register_distillation_loss`).
+Registered now: advantage estimator "spar" (m3.spar), the "m3_consultation" agent loop and the
+"m3_single_turn" loop (single-turn rows in SPAR's reward layout, m3.agent_loop). The stage-3 loss
+`m3_mopd` is registered by its own entry point (`stage3_mopd.verl_loss`): m3/ never imports a stage.
 
 Check: `python -c "import verl, verl.trainer.ppo.core_algos as c; print('spar' in c.ADV_ESTIMATOR_REGISTRY)"`.
 """
@@ -32,7 +32,7 @@ def register_advantage_estimators() -> None:
 
 
 def register_agent_loops() -> None:
-    """agent_name / default_agent_loop "m3_consultation" -> m3.agent_loop.ConsultationAgentLoop."""
+    """agent_name "m3_consultation" / "m3_single_turn" -> m3.agent_loop's two loops."""
     from m3 import agent_loop
 
     agent_loop.register()
