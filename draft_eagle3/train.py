@@ -30,6 +30,7 @@ from draft_eagle3.speculative import compare, greedy_generate
 from draft_eagle3.ttt import unroll
 from m3 import registry
 from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.report import write_summary
 
 VARIANTS = ("ungated", "gated")
 
@@ -189,7 +190,9 @@ def main(cfg: DraftConfig):
     if existing is not None:
         registry._client().set_registered_model_alias("m3-draft", "candidate", existing.version)
         print(f"m3-draft: up to date (version {existing.version}, config {chash})")
-        _summary(cfg, "registered (up to date)", f"v{existing.version}")
+        write_summary(
+            cfg.summary_out, "draft", "registered (up to date)", f"v{existing.version}", cfg.register
+        )
         return existing
     if cfg.heldout_per_domain < 1:
         raise ValueError(
@@ -247,13 +250,5 @@ def main(cfg: DraftConfig):
         f"{acc[cfg.register]:.2f} ({other} {acc[other]:.2f}, untrained {acc['untrained']:.2f}; "
         f"k={cfg.eval_k}, v{mv.version})"
     )
-    _summary(cfg, "acceptance length (tokens/target step)", value)
+    write_summary(cfg.summary_out, "draft", "acceptance length (tokens/target step)", value, cfg.register)
     return mv
-
-
-def _summary(cfg: DraftConfig, metric: str, value: str) -> None:
-    """A one-line summary JSON for the demo's table."""
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": "draft", "metric": metric, "value": value, "backend": cfg.register}
-        Path(cfg.summary_out).write_text(json.dumps(row) + "\n")

@@ -208,3 +208,15 @@ def log_config(cfg: Any) -> None:
     items = sorted(flat.items())
     for i in range(0, len(items), 100):  # MLflow caps a log_params batch at 100
         mlflow.log_params(dict(items[i : i + 100]))
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses: servers bind there unless told otherwise."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname other than localhost may resolve anywhere

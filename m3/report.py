@@ -20,6 +20,14 @@ PIPELINE = ("m3-base", "m3-expert-inquiry", "m3-expert-healthcare", "m3-expert-g
             "m3-mopd", "m3-draft", "m3-w4")  # fmt: skip
 
 
+def write_summary(path: str | Path | None, step: str, metric: str, value, backend: str, **extra) -> None:
+    """The one-line summary JSON a stage leaves for the demo's table and this report (no-op for None)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        row = {"step": step, "metric": metric, "value": value, "backend": backend, **extra}
+        Path(path).write_text(json.dumps(row) + "\n")
+
+
 def lineage_edges(versions: dict[str, dict]) -> list[tuple[str, str]]:
     """(parent, child) pairs of "name vN" labels from each version's m3.parents tag."""
     edges = []

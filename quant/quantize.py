@@ -29,6 +29,7 @@ import torch
 from m3 import registry
 from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
 from m3.judges.config import JudgeConfig
+from m3.report import write_summary
 from quant import calibrate, report
 from quant.gptq import GPTQConfig, run_gptq
 from quant.reload import check_weights, load_w4, verify_against
@@ -130,7 +131,13 @@ def main(cfg: QuantConfig):
     if existing is not None:
         registry._client().set_registered_model_alias(cfg.register_name, "candidate", existing.version)
         print(f"{cfg.register_name}: up to date (version {existing.version}, config {chash})")
-        _summary(cfg, "registered (up to date)", f"v{existing.version}")
+        write_summary(
+            cfg.summary_out,
+            "quant",
+            "registered (up to date)",
+            f"v{existing.version}",
+            "llm-compressor GPTQ W4A16",
+        )
         return existing
     model_dir = registry.resolve(cfg.source)
     out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "quant" / chash
@@ -248,13 +255,5 @@ def main(cfg: QuantConfig):
         f"{100 * sizes['model']['ratio']:.1f}% here, {100 * real['ratio']:.1f}% at 235B g128; "
         f"KL {quality['kl_mean']:.1e} (v{mv.version})"
     )
-    _summary(cfg, "W4 bytes / BF16 bytes", value)
+    write_summary(cfg.summary_out, "quant", "W4 bytes / BF16 bytes", value, "llm-compressor GPTQ W4A16")
     return mv
-
-
-def _summary(cfg: QuantConfig, metric: str, value: str) -> None:
-    """A one-line summary JSON for the demo's table."""
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": "quant", "metric": metric, "value": value, "backend": "llm-compressor GPTQ W4A16"}
-        Path(cfg.summary_out).write_text(json.dumps(row) + "\n")

@@ -20,7 +20,6 @@ value is never printed or put in a config: commands carry `${M3_SERVE_API_KEY}`,
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from m3 import registry
-from m3.config import REPO_ROOT, ModelConfig, TrackingConfig, config_dir, register_schema
+from m3.config import REPO_ROOT, ModelConfig, TrackingConfig, config_dir, is_loopback, register_schema
 from serve import commands
 from serve.commands import ServeSpec
 
@@ -111,15 +110,6 @@ class ServePlan:
 
 
 # --- binding ---------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname other than localhost may resolve anywhere
 
 
 def api_key_available(api_key_env: str) -> bool:

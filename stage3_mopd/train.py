@@ -32,6 +32,7 @@ import torch
 from m3 import expert_data, registry
 from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
 from m3.engine import LocalEngine, LocalRLConfig, Trajectory, response_logprobs, task_advantages
+from m3.report import write_summary
 from stage3_mopd.data import DOMAIN_OF_SOURCE, DOMAINS, cluster_rows, domain_rows
 from stage3_mopd.losses import mopd_loss
 
@@ -239,7 +240,13 @@ def main(cfg: Stage3Config):
     if existing is not None:
         registry._client().set_registered_model_alias("m3-mopd", "candidate", existing.version)
         print(f"m3-mopd: up to date (version {existing.version}, config {chash})")
-        _summary(cfg, "registered (up to date)", f"v{existing.version}")
+        write_summary(
+            cfg.summary_out,
+            "stage3",
+            "registered (up to date)",
+            f"v{existing.version}",
+            "offline judges/simulator",
+        )
         return existing
     n = cfg.prompts_per_domain
     train_rows = {d: domain_rows(d, n) for d in DOMAINS}
@@ -291,7 +298,13 @@ def main(cfg: Stage3Config):
     before, after = state["eval_before"], state["eval_after"]
     change = ", ".join(f"{k.split('/')[-1]} {before[k]:.3g}->{after[k]:.3g}" for k in after if k in before)
     print(f"m3-mopd: registered version {mv.version}; held-out reverse KL to the teacher: {change}")
-    _summary(cfg, "held-out reverse KL to teacher", f"{change} (v{mv.version})")
+    write_summary(
+        cfg.summary_out,
+        "stage3",
+        "held-out reverse KL to teacher",
+        f"{change} (v{mv.version})",
+        "offline judges/simulator",
+    )
     return mv
 
 
@@ -315,11 +328,3 @@ def _plot(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _summary(cfg: Stage3Config, metric: str, value: str) -> None:
-    """A one-line summary JSON for the demo's table."""
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": "stage3", "metric": metric, "value": value, "backend": "offline judges/simulator"}
-        Path(cfg.summary_out).write_text(json.dumps(row) + "\n")

@@ -14,13 +14,13 @@ clients as `Authorization: Bearer <key>`.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 from dataclasses import asdict
 
 from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel
 
+from m3.config import is_loopback
 from m3.facts.reward import FactAwareReward, FactRewardConfig
 
 KEY_ENV = "M3_FACTS_API_KEY"
@@ -35,15 +35,6 @@ class ScoreRequest(BaseModel):
 class VerifyRequest(BaseModel):
     claims: list[str]
     use_cache: bool = True
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def build_app(reward: FactAwareReward, api_key: str | None = None) -> FastAPI:
