@@ -13,6 +13,8 @@ A config already registered for the same base version is skipped.
 Cluster (scale=cluster): writes the expert's verl parquet, composes the verl job from verl's own
 config (`configs/verl/`, FSDP2 or Megatron) with the model path and data files, validates it on CPU
 and submits it with `ray job submit` (DRY_RUN prints the command and the resolved overrides).
+For the inquiry expert with pipeline=true, verl draws its batches from the segmented pipeline
+(verl_pipeline.py) and reports stage scores back after each step, so the gate applies on the cluster.
 """
 
 from __future__ import annotations
@@ -84,12 +86,18 @@ def run_cluster(cfg: Stage1Config, rows: list[dict], out: Path) -> None:
     data.write_parquet(val, out / "val.parquet")
     name = "stage1_expert" if cfg.cluster_backend == "fsdp2" else "stage1_expert_megatron"
     base = registry.resolve(cfg.base)
+    pipeline = []
+    if cfg.expert == "inquiry" and cfg.pipeline:  # verl draws the scheduler's tasks (verl_pipeline.py)
+        from stage1_expert_rl.verl_pipeline import cluster_overrides
+
+        pipeline = cluster_overrides(cfg.gate_tau, cfg.rl.seed)
     overrides = [
         f"{cfg.cluster_backend}={cfg.cluster_size}",
         f"actor_rollout_ref.model.path={base}",
         f"data.train_files={out / 'train.parquet'}",
         f"data.val_files={out / 'val.parquet'}",
         f"trainer.experiment_name=m3-expert-{cfg.expert}",
+        *pipeline,
         *cfg.cluster_overrides,
     ]
     vcfg = compose_verl_config(name, overrides)
