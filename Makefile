@@ -46,9 +46,9 @@ SCALE ?= local
 stage1: setup
 	$(PY) -m stage1_expert_rl expert=$(EXPERT) scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
-# Stage 2: make stage2 [ARGS="loss=fkl steps=20"]
+# Stage 2: make stage2 [SCALE=local|cluster] [DRY_RUN=1] [ARGS="loss=fkl steps=20"]
 stage2: setup
-	$(PY) -m stage2_distill $(ARGS)
+	$(PY) -m stage2_distill scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 # Stage 3: make stage3 [SCALE=local|cluster] [DRY_RUN=1] [ARGS="alpha=0.5 steps=8"]
 stage3: setup

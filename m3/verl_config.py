@@ -223,12 +223,13 @@ def _hydra_value(value: Any) -> str:
     raise ValueError(f"cannot write {type(value).__name__} {value!r} as a Hydra override")
 
 
-def _diff(ours: Any, base: Any, path: str) -> list[str]:
+def config_diff(ours: Any, base: Any, path: str) -> list[str]:
+    """Hydra overrides that turn the plain container `base` into `ours` (+ adds, ~ deletes)."""
     if isinstance(ours, dict) and isinstance(base, dict):
         out = []
         for key, value in ours.items():
             sub = f"{path}.{key}" if path else str(key)
-            out += _diff(value, base[key], sub) if key in base else [f"+{sub}={_hydra_value(value)}"]
+            out += config_diff(value, base[key], sub) if key in base else [f"+{sub}={_hydra_value(value)}"]
         out += [f"~{path}.{key}" if path else f"~{key}" for key in base if key not in ours]
         return out
     return [] if ours == base else [f"{path}={_hydra_value(ours)}"]
@@ -237,7 +238,7 @@ def _diff(ours: Any, base: Any, path: str) -> list[str]:
 def hydra_overrides(cfg: DictConfig) -> list[str]:
     """Overrides that turn verl's base config into `cfg` (interpolations kept, not resolved)."""
     base = OmegaConf.to_container(_verl_base(verl_base_name(cfg)), resolve=False)
-    return _diff(OmegaConf.to_container(cfg, resolve=False), base, "")
+    return config_diff(OmegaConf.to_container(cfg, resolve=False), base, "")
 
 
 def ray_job_command(cfg: DictConfig, address: str | None = None) -> list[str]:

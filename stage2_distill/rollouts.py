@@ -8,7 +8,7 @@ patient simulator as stage 1; healthcare and general prompts are single-turn.
 
 Local: HF generation on the tiny experts (`m3.engine.LocalEngine` rollouts, temperature 1 so the
 stored log-probs are the teacher's own distribution). Cluster: the same rows go to a vLLM offline
-batch job with `logprobs=0` (the sampled token's log-prob), not implemented here yet.
+batch job with `logprobs=0` (the sampled token's log-prob): `stage2_distill/vllm_teacher.py`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     make stage2                                  # local: tiny experts -> teacher data -> student
     make stage2 ARGS="loss=fkl steps=20"          # the forward-KL ablation
+    DRY_RUN=1 make stage2 SCALE=cluster ARGS="cluster_size=qwen3_235b_a22b cluster_backend=megatron"
 
 Config -> teacher rollouts (each `m3-expert-<domain>@candidate` on its own domain's prompts, with
 log-probs; cached by config in the run directory) -> a plain loop over mixture-weighted batches:
@@ -10,24 +11,33 @@ AdamW -> per-domain losses, masked fraction and a held-out per-domain eval (mean
 of the teacher's tokens) to MLflow -> register `m3-distill` with lineage to the student's init and
 every teacher, plus the data hash.
 
-Cluster (not implemented here yet): teacher data from a vLLM offline batch job with logprobs, and
-training through verl's SFT trainer with this loss plugged in (see README).
+Cluster (scale=cluster; `DRY_RUN=1 make stage2 SCALE=cluster ARGS="cluster_size=qwen3_235b_a22b"`):
+writes each domain's prompt rows (JSON lines) to out_dir (put it on the shared file system), then per
+domain a vLLM offline batch job of its teacher (`stage2_distill/vllm_teacher.py`, `ray job submit`)
+writing the teacher records, then verl's SFT trainer with Clip-FKL on those records
+(`stage2_distill/verl_sft.py`, composed from configs/verl/stage2_sft*.yaml and validated on CPU).
+dry_run prints the commands; otherwise they run one after another. The resulting checkpoint is not
+registered automatically (as in stages 1 and 3 on the cluster).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shlex
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from m3 import registry
-from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
+from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
 from m3.engine import LocalRLConfig
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss, gather_logprobs_chunked
 from stage2_distill.rollouts import DOMAINS, read_records, teacher_samples, write_records
+
+CLUSTER_SIZES = ("qwen3_8b", "qwen3_30b_a3b", "qwen3_235b_a22b")
 
 
 @dataclass
@@ -50,6 +60,14 @@ class Stage2Config:
     rollout: LocalRLConfig = field(
         default_factory=lambda: LocalRLConfig(max_new_tokens=24, max_response_length=512)
     )
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    cluster_backend: str = "fsdp2"  # fsdp2 | megatron (the verl SFT engine)
+    cluster_size: str = "qwen3_8b"  # qwen3_8b | qwen3_30b_a3b | qwen3_235b_a22b (student and teachers)
+    cluster_prompts_per_domain: int = 64
+    cluster_max_tokens: int = 4096  # per teacher response (per doctor turn in consultations)
+    cluster_max_response_length: int = 16384  # a whole consultation
+    cluster_overrides: list[str] = field(default_factory=list)  # extra overrides of the SFT job
+    dry_run: bool = False
     out_dir: str | None = None
     summary_out: str | None = None
     seed: int = 0
@@ -58,6 +76,10 @@ class Stage2Config:
     def __post_init__(self) -> None:
         if self.loss not in ("clip_fkl", "fkl"):
             raise ValueError(f"loss must be 'clip_fkl' or 'fkl', got {self.loss!r}")
+        if self.cluster_backend not in ("fsdp2", "megatron"):
+            raise ValueError(f"cluster_backend must be fsdp2 or megatron, got {self.cluster_backend!r}")
+        if self.cluster_size not in CLUSTER_SIZES:
+            raise ValueError(f"cluster_size must be one of {CLUSTER_SIZES}, got {self.cluster_size!r}")
         if set(self.teachers) != set(DOMAINS) or set(self.mixture) != set(DOMAINS):
             raise ValueError(f"teachers and mixture need exactly the domains {DOMAINS}")
 
@@ -65,7 +87,7 @@ class Stage2Config:
 register_schema("stage2_schema", Stage2Config)
 
 
-def domain_rows(domain: str, n: int) -> list[dict]:
+def domain_rows(domain: str, n: int, short_consultations: bool = True) -> list[dict]:
     """The first n prompts of a domain, in the stage-1 row schema (m3.expert_data)."""
     from m3 import expert_data
 
@@ -73,8 +95,9 @@ def domain_rows(domain: str, n: int) -> list[dict]:
         from m3.clinic.cases import load_cases
 
         rows = expert_data.inquiry_rows(load_cases(REPO_ROOT / "data" / "agentclinic_medqa.jsonl")[:n])
-        for r in rows:  # short consultations: the tiny teachers ramble
-            r["extra_info"]["episode"] = {"max_inquiry_turns": 3}
+        if short_consultations:  # local: the tiny teachers ramble; the cluster runs full consultations
+            for r in rows:
+                r["extra_info"]["episode"] = {"max_inquiry_turns": 3}
         return rows
     if domain == "healthcare":
         from eval.healthbench.data import load_examples
@@ -138,13 +161,64 @@ def evaluate(model, held: dict[str, list[dict]], chunk_size: int) -> dict[str, f
     return out
 
 
+def run_cluster(cfg: Stage2Config, out: Path) -> list[list[str]]:
+    """Rows per domain, one vLLM teacher job per domain, then the validated verl SFT job; returns the argvs."""
+    from stage2_distill import verl_sft, vllm_teacher
+
+    out.mkdir(parents=True, exist_ok=True)
+    commands = []
+    for d in DOMAINS:
+        rows_path = out / f"rows-{d}.jsonl"
+        vllm_teacher.write_rows(
+            domain_rows(d, cfg.cluster_prompts_per_domain, short_consultations=False), rows_path
+        )
+        commands.append(
+            vllm_teacher.teacher_command(
+                registry.resolve(cfg.teachers[d]),
+                d,
+                rows_path,
+                out / f"teacher-{d}.parquet",
+                tensor_parallel_size=vllm_teacher.TEACHER_TP[cfg.cluster_size],
+                temperature=cfg.rollout.temperature,
+                max_tokens=cfg.cluster_max_tokens,
+                max_response_length=cfg.cluster_max_response_length,
+                seed=cfg.seed,
+                ray_address=cfg.scale.ray_address,
+            )
+        )
+    files = ",".join(str(out / f"teacher-{d}.parquet") for d in DOMAINS)
+    overrides = [
+        f"sft_{cfg.cluster_backend}={cfg.cluster_size}",
+        f"model.path={registry.resolve(cfg.init)}",
+        f"data.train_files=[{files}]",
+        *[f"data.mixture.{d}={float(cfg.mixture[d])}" for d in DOMAINS],
+        f"data.mixture_seed={cfg.seed}",
+        f"m3_distill.loss={cfg.loss}",
+        f"m3_distill.norm={cfg.norm}",
+        *cfg.cluster_overrides,
+    ]
+    vcfg = verl_sft.compose(cfg.cluster_backend, overrides)
+    verl_sft.validate(vcfg)
+    commands.append(verl_sft.ray_job_command(vcfg, address=cfg.scale.ray_address))
+    print(f"# stage 2 on the cluster: {len(DOMAINS)} teacher jobs (vLLM), then the student (verl SFT)")
+    for cmd in commands:
+        print(shlex.join(cmd))
+    if not cfg.dry_run:
+        for cmd in commands:  # `ray job submit` waits for each job: the teacher data exists before training
+            subprocess.run(cmd, check=True)
+    return commands
+
+
 def main(cfg: Stage2Config):
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     registry.setup(cfg.tracking.experiment)
     parents = [cfg.init, *[cfg.teachers[d] for d in DOMAINS]]
-    chash = config_hash(cfg, exclude=("tracking", "out_dir", "summary_out"))
+    chash = config_hash(cfg, exclude=("tracking", "out_dir", "summary_out", "dry_run"))
+    if cfg.scale.name == "cluster":
+        out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage2" / f"cluster-{chash}"
+        return run_cluster(cfg, out)
     existing = registry.find_version("m3-distill", chash, parents)
     if existing is not None:
         registry._client().set_registered_model_alias("m3-distill", "candidate", existing.version)
