@@ -28,8 +28,10 @@ from pathlib import Path
 from m3 import registry
 from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
 from m3.engine import LocalEngine, LocalRLConfig
+from m3.report import write_summary
 
 EXPERTS = ("inquiry", "healthcare", "general")
+BACKEND = "offline judges/simulator"  # what the local run's rewards come from (demo table)
 DEFAULT_DATA = {
     "inquiry": "data/agentclinic_medqa.jsonl",
     "healthcare": "data/healthbench_sample30.jsonl",
@@ -123,14 +125,8 @@ def main(cfg: Stage1Config):
     if existing is not None:
         registry._client().set_registered_model_alias(name, "candidate", existing.version)
         print(f"{name}: up to date (version {existing.version}, config {chash})")
-        if cfg.summary_out:
-            summary = {
-                "step": f"stage1-{cfg.expert}",
-                "metric": "registered (up to date)",
-                "value": f"v{existing.version}",
-                "backend": "offline judges/simulator",
-            }
-            Path(cfg.summary_out).write_text(json.dumps(summary) + "\n")
+        step = f"stage1-{cfg.expert}"
+        write_summary(cfg.summary_out, step, "registered (up to date)", f"v{existing.version}", BACKEND)
         return existing
     engine = LocalEngine(registry.resolve(cfg.base), cfg.rl, out)
     rng = random.Random(cfg.rl.seed)
@@ -182,16 +178,10 @@ def main(cfg: Stage1Config):
             description=f"Stage-1 {cfg.expert} expert (`make stage1 EXPERT={cfg.expert}`).",
         )
     print(f"{name}: registered version {mv.version} (models:/{name}@candidate)")
-    if cfg.summary_out and history:
+    if history:
         first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
-        summary = {
-            "step": f"stage1-{cfg.expert}",
-            "metric": "reward_mean first->last step",
-            "value": f"{first:.3f}->{last:.3f} (v{mv.version})",
-            "backend": "offline judges/simulator",
-        }
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.summary_out).write_text(json.dumps(summary) + "\n")
+        value = f"{first:.3f}->{last:.3f} (v{mv.version})"
+        write_summary(cfg.summary_out, f"stage1-{cfg.expert}", "reward_mean first->last step", value, BACKEND)
     return mv
 
 

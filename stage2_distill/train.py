@@ -34,6 +34,7 @@ import torch
 from m3 import registry
 from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
 from m3.engine import LocalRLConfig
+from m3.report import write_summary
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss, gather_logprobs_chunked
 from stage2_distill.rollouts import DOMAINS, read_records, teacher_samples, write_records
 
@@ -223,7 +224,7 @@ def main(cfg: Stage2Config):
     if existing is not None:
         registry._client().set_registered_model_alias("m3-distill", "candidate", existing.version)
         print(f"m3-distill: up to date (version {existing.version}, config {chash})")
-        _summary(cfg, "registered (up to date)", f"v{existing.version}")
+        write_summary(cfg.summary_out, "stage2", "registered (up to date)", f"v{existing.version}", cfg.loss)
         return existing
     out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage2" / chash
     train_recs, held, dhash = build_data(cfg, out)
@@ -284,13 +285,7 @@ def main(cfg: Stage2Config):
         + ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in after)
     )
     gain = ", ".join(f"{k.split('/')[1]} {after[k] - before[k]:+.3f}" for k in after)
-    _summary(cfg, "held-out teacher-token logp gain", f"{gain} (v{mv.version})")
+    write_summary(
+        cfg.summary_out, "stage2", "held-out teacher-token logp gain", f"{gain} (v{mv.version})", cfg.loss
+    )
     return mv
-
-
-def _summary(cfg: Stage2Config, metric: str, value: str) -> None:
-    """A one-line summary JSON for the demo's table."""
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": "stage2", "metric": metric, "value": value, "backend": cfg.loss}
-        Path(cfg.summary_out).write_text(json.dumps(row) + "\n")
