@@ -40,35 +40,36 @@ lint: setup
 base: setup
 	$(VENV)/bin/m3 base $(ARGS)
 
+# Variables left unset fall back to the config dataclasses (the one place defaults live):
+# EXPERT, SCALE, MODEL, TARGET, ENGINE only pass an override when given.
+opt = $(if $(2),$(1)=$(2),)
+
 # Stage 1: make stage1 EXPERT=inquiry|healthcare|general [SCALE=local|cluster] [DRY_RUN=1] [ARGS=...]
-EXPERT ?= inquiry
-SCALE ?= local
 stage1: setup
-	$(PY) -m stage1_expert_rl expert=$(EXPERT) scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
+	$(PY) -m stage1_expert_rl $(call opt,expert,$(EXPERT)) $(call opt,scale,$(SCALE)) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 # Stage 2: make stage2 [SCALE=local|cluster] [DRY_RUN=1] [ARGS="loss=fkl steps=20"]
 stage2: setup
-	$(PY) -m stage2_distill scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
+	$(PY) -m stage2_distill $(call opt,scale,$(SCALE)) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 # Stage 3: make stage3 [SCALE=local|cluster] [DRY_RUN=1] [ARGS="alpha=0.5 steps=8"]
 stage3: setup
-	$(PY) -m stage3_mopd scale=$(SCALE) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
+	$(PY) -m stage3_mopd $(call opt,scale,$(SCALE)) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 # Eagle3 draft: make draft [TARGET=models:/m3-mopd@candidate] [ARGS="steps=200 register=ungated"]
 draft: setup
-	$(PY) -m draft_eagle3 $(if $(TARGET),target=$(TARGET),) $(ARGS)
+	$(PY) -m draft_eagle3 $(call opt,target,$(TARGET)) $(ARGS)
 
 # W4 quantization: make quant [MODEL=models:/m3-mopd@candidate] [ARGS="gptq.group_size=64"]
 quant: setup
-	$(PY) -m quant $(if $(MODEL),source=$(MODEL),) $(ARGS)
+	$(PY) -m quant $(call opt,source,$(MODEL)) $(ARGS)
 
 # Serving: make serve [MODEL=models:/...|dir|qwen3_235b_a22b] [ENGINE=vllm|sglang|transformers] [DRY_RUN=1] [ARGS=...]
-ENGINE ?= transformers
 serve: setup
-	$(PY) -m serve engine=$(ENGINE) $(if $(MODEL),model=$(MODEL),) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
+	$(PY) -m serve $(call opt,engine,$(ENGINE)) $(call opt,model,$(MODEL)) $(if $(DRY_RUN),dry_run=true,) $(ARGS)
 
 demo: setup
-	$(VENV)/bin/m3 demo $(ARGS)
+	$(PY) -m demo $(ARGS)
 
 ui: setup
 	@mkdir -p mlruns

@@ -35,7 +35,7 @@ def walk_target(preset: str, tmp: Path):
     """The preset target with an untied output head drawn from seed 0 (module docstring)."""
     from transformers import AutoModelForCausalLM
 
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
 
     d = write_tiny_checkpoint(tmp / preset, preset, 0)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, tie_word_embeddings=False)

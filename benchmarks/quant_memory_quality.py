@@ -29,7 +29,7 @@ def main() -> None:
     os.environ["M3_ARTIFACT_ROOT"] = str(out / "mlruns" / "artifacts")
 
     from m3.config import compose
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
     from quant import quantize
     from quant.report import real_shape_table
 

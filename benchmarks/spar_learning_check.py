@@ -3,12 +3,12 @@
     python benchmarks/spar_learning_check.py      # 3 seeds x {spar, grpo}, 8 steps: ~40 s/step on 2 idle cores
     python benchmarks/spar_learning_check.py --steps 20 --jobs 1 --seeds 0 1 2 3
 
-What runs: the `small` preset (m3.tiny, seed 0) is the base model of every run. Each run composes
+What runs: the `small` preset (m3.model.tiny, seed 0) is the base model of every run. Each run composes
 `configs/stage1.yaml` (expert=inquiry, pipeline=false) with the sizes below, builds the rows with
 `stage1_expert_rl.train.build_rows` and runs the same loop as `train.main`'s non-pipeline branch:
 `LocalEngine.rollout` of `prompts_per_step` cases drawn from `n_prompts`, then `LocalEngine.update`
 (the m3_consultation agent loop, the offline patient simulator and stage verifiers, R_global from
-`m3.rewards`, verl's gspo loss). The two arms differ only in `rl.consultation_estimator`: `spar`
+`m3.rl.rewards`, verl's gspo loss). The two arms differ only in `rl.consultation_estimator`: `spar`
 (step-penalised advantages) or `grpo` (the paper's ablation: GRPO on the unpenalised R_global).
 Seeds are `rl.seed` (sampling, simulator RNG, server seed) on the same base weights.
 The pipeline is off so each rollout is a whole consultation and R_global is comparable across
@@ -80,7 +80,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(1)
     from m3.config import compose
-    from m3.engine import LocalEngine
+    from m3.rl.engine import LocalEngine
     from stage1_expert_rl import train
 
     cfg = compose(
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-inquiry-turns", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
-    p.add_argument("--out-dir", default=str(REPO / "benchmarks"))
+    p.add_argument("--out-dir", default="benchmarks", help="relative to the repo root unless absolute")
     p.add_argument(
         "--replot", metavar="JSON", help="only redraw the plot and table from a previous run's JSON"
     )
@@ -248,11 +248,11 @@ def main(argv=None) -> int:
         saved = json.loads(Path(args.replot).read_text())
         runs = {tuple(k.rsplit("-", 1)): h for k, h in saved["runs"].items()}
         runs = {(m, int(s)): h for (m, s), h in runs.items()}
-        plot(runs, Path(args.out_dir) / "spar_learning_check.png")
+        plot(runs, REPO / args.out_dir / "spar_learning_check.png")
         print(markdown(saved["summary"], saved["args"]["last"]))
         return 0
 
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
 
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="spar_check_"))
@@ -304,12 +304,12 @@ def main(argv=None) -> int:
     runs = {(m, s): json.loads((tmp / f"{m}-{s}.json").read_text()) for m in args.methods for s in args.seeds}
     shutil.rmtree(tmp)  # the runs' checkpoints (model + AdamW state each)
     rows = summarise(runs, args.last)
-    out = Path(args.out_dir)
+    out = REPO / args.out_dir  # an absolute --out-dir stays absolute
     out.mkdir(parents=True, exist_ok=True)
     (out / "spar_learning_check.json").write_text(
         json.dumps(
             {
-                "args": {
+                "args": {  # paths as given (repo-relative by default): the file is committed
                     k: v
                     for k, v in vars(args).items()
                     if k not in ("worker", "method", "seed", "model", "out")

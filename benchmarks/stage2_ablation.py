@@ -3,7 +3,7 @@
     python benchmarks/stage2_ablation.py                       # ~12-15 min on 2 shared cores, 1 thread
     python benchmarks/stage2_ablation.py --seed 1 --tau 20 --out outputs/stage2_ablation_tau20.json
 
-What runs: the `small` preset (m3.tiny, seed 0, ~25M parameters, random init) is m3-base and the
+What runs: the `small` preset (m3.model.tiny, seed 0, ~25M parameters, random init) is m3-base and the
 student's init. No trained experts exist offline, and stage-1 RL on a random-init model earns ~0
 reward (benchmarks/spar_learning_check.py), so its "experts" would be the base. The three teachers are
 instead made from the base so that they differ from the student in the two ways a real expert does:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from m3 import registry
     from m3.config import compose
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
     from stage2_distill import train
 
     t0 = time.time()

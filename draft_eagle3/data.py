@@ -6,7 +6,7 @@ states are captured on the way.
 Steps (SpecForge's recommendation: regenerate the responses with the target, so the draft learns
 the distribution it will be verified against):
 1. prompts: inquiry (the doctor's first turn of an AgentClinic case), healthcare (HealthBench-format
-   conversations), general (constraint prompts of m3.expert_data); `domain_prompts`.
+   conversations), general (constraint prompts of m3.data.prompts); `domain_prompts`.
 2. responses: the target generates (greedy at temperature 0, else sampled); `generate_responses`.
 3. draft vocabulary: the N most frequent target ids of the responses (N = min(config, distinct ids
    seen)), sorted by target id; d2t[i] = draft_ids[i] - i, t2d = bool mask over the target vocab.
@@ -27,9 +27,7 @@ from pathlib import Path
 
 import torch
 
-from m3.config import REPO_ROOT
-
-DOMAINS = ("inquiry", "healthcare", "general")
+from m3.data.prompts import DOMAINS, domain_rows
 
 
 def default_aux_layers(num_layers: int) -> list[int]:
@@ -85,22 +83,9 @@ def build_draft_vocab(responses: list[list[int]], n: int, vocab_size: int) -> to
 
 def domain_prompts(per_domain: int, offset: int = 0) -> list[tuple[str, list[dict]]]:
     """`per_domain` chat prompts of each domain, starting at index `offset` (held-out prompts use
-    an offset past the training ones)."""
-    from eval.healthbench.data import load_examples
-    from m3 import expert_data
-    from m3.clinic.cases import load_cases
-
-    n = offset + per_domain
-    cases = load_cases(REPO_ROOT / "data" / "agentclinic_medqa.jsonl")
-    examples = load_examples(REPO_ROOT / "data" / "healthbench_sample30.jsonl")
-    if n > min(len(cases), len(examples)):
-        raise ValueError(f"only {min(len(cases), len(examples))} prompts per domain ship in data/, asked {n}")
-    rows = {
-        "inquiry": expert_data.inquiry_rows(cases[:n]),
-        "healthcare": expert_data.healthcare_rows(examples[:n]),
-        "general": expert_data.general_rows(expert_data.generate_general(n, seed=0)),
-    }
-    return [(d, list(r["prompt"])) for i in range(offset, n) for d in DOMAINS for r in [rows[d][i]]]
+    an offset past the training ones), interleaved by domain."""
+    rows = {d: domain_rows(d, per_domain, offset) for d in DOMAINS}
+    return [(d, list(rows[d][i]["prompt"])) for i in range(per_domain) for d in DOMAINS]
 
 
 def prompt_ids(tokenizer, messages: list[dict], max_prompt_tokens: int) -> list[int]:

@@ -99,6 +99,16 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def gate_attention(y_BTD: torch.Tensor, x_BTX: torch.Tensor, w_g_DX: torch.Tensor) -> torch.Tensor:
+    """Gated Attention (G1 position, Qiu et al. 2025; M3's draft):  Y' = Y * sigmoid(X W_g^T).
+
+    y_BTD: attention output before o_proj, D = heads x head_dim; x_BTX: the normalized layer input
+    (here the 2H concat); w_g_DX: the gate projection (nn.Linear weight layout, D x X). The gate is
+    elementwise: one sigmoid per head and per element of the head.
+    """
+    return y_BTD * torch.sigmoid(x_BTX @ w_g_DX.T)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     a, b = x.chunk(2, dim=-1)
     return torch.cat([-b, a], dim=-1)
@@ -133,8 +143,8 @@ class DraftAttention(nn.Module):
             q, k_all.repeat_interleave(rep, 1), v_all.repeat_interleave(rep, 1), attn_mask=mask_TS
         )
         y = y.transpose(1, 2).reshape(B, T, s.num_attention_heads * s.head_dim)
-        if self.attn_gate is not None:  # Gated Attention: Y * sigmoid(X W_g), per head and element
-            y = y * torch.sigmoid(self.attn_gate(x_BTX))
+        if self.attn_gate is not None:
+            y = gate_attention(y, x_BTX, self.attn_gate.weight)
         return self.o_proj(y), (k, v)
 
 

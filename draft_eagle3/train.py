@@ -29,8 +29,8 @@ from draft_eagle3.model import DraftShape, Eagle3Draft
 from draft_eagle3.speculative import compare, greedy_generate
 from draft_eagle3.ttt import unroll
 from m3 import registry
-from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
-from m3.report import write_summary
+from m3.config import REPO_ROOT, ModelConfig, TrackingConfig, log_config, register_schema
+from m3.runs import RUN_LOCATION_KEYS, StageRun
 
 VARIANTS = ("ungated", "gated")
 
@@ -48,7 +48,8 @@ class DraftArchConfig:
 
 @dataclass
 class DraftConfig:
-    target: str = "models:/m3-mopd@candidate"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the preset: its registry alias
+    target: str = "models:/m3-mopd@${model.alias}"
     aux_layers: list[int] | None = None  # "output of layer" ids; null = [1, L//2-1, L-4] made distinct
     draft_vocab_size: int = 32000  # capped by the number of distinct response tokens
     prompts_per_domain: int = 8
@@ -184,15 +185,11 @@ def main(cfg: DraftConfig):
     import mlflow
 
     registry.setup(cfg.tracking.experiment)
-    parents = [cfg.target]
-    chash = config_hash(cfg, exclude=("tracking", "out_dir", "summary_out", "device", "cpu_threads"))
-    existing = registry.find_version("m3-draft", chash, parents)
-    if existing is not None:
-        registry._client().set_registered_model_alias("m3-draft", "candidate", existing.version)
-        print(f"m3-draft: up to date (version {existing.version}, config {chash})")
-        write_summary(
-            cfg.summary_out, "draft", "registered (up to date)", f"v{existing.version}", cfg.register
-        )
+    run = StageRun(
+        "m3-draft", cfg, stage="draft", parents=[cfg.target], alias=cfg.model.alias,
+        exclude=(*RUN_LOCATION_KEYS, "device", "cpu_threads"),
+    )  # fmt: skip
+    if (existing := run.up_to_date(cfg.summary_out, cfg.register)) is not None:
         return existing
     if cfg.heldout_per_domain < 1:
         raise ValueError(
@@ -200,9 +197,8 @@ def main(cfg: DraftConfig):
         )
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
-    out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "draft" / chash
-    target_dir = registry.resolve(cfg.target)
-    target, tok = load_target(target_dir, cfg.device)
+    out = Path(cfg.out_dir or REPO_ROOT / "outputs" / "draft" / run.config_hash)
+    target, tok = load_target(registry.resolve(cfg.target), cfg.device)
     train_prompts, eval_prompts = prompt_sets(cfg, tok)
     samples, draft_ids, head, aux, dhash = prepare_data(
         cfg, target, train_prompts, out / "draft_data.safetensors"
@@ -216,39 +212,43 @@ def main(cfg: DraftConfig):
         mlflow.log_metrics({"data/samples": len(samples), "data/draft_vocab": int(draft_ids.numel())})
         history = train_side_by_side(cfg, drafts, samples, head, log=mlflow.log_metrics)
         results = evaluate(cfg, target, {"untrained": untrained, **drafts}, eval_prompts)
-        for v, r in results.items():
-            mlflow.log_metrics({f"eval/{v}/acceptance_length": r["acceptance_length"],
-                                f"eval/{v}/speedup": r["speedup"],
-                                **{f"eval/{v}/accept_pos_{i + 1}": x
-                                   for i, x in enumerate(r["per_position_acceptance"])}})  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"eval": results, "history": history}, indent=2))
-        mlflow.log_artifact(str(out / "results.json"))
-        for v in VARIANTS:
-            extra = {"target": registry.pin(cfg.target).uri, "ttt_steps": cfg.ttt_steps,
-                     "acceptance_length": results[v]["acceptance_length"], "eval_k": cfg.eval_k}  # fmt: skip
-            export_draft(drafts[v], out / f"draft-{v}", cfg.export_layer_ids, cfg.export_dtype, extra)
+        _log_and_export(cfg, drafts, results, history, out)
+        acc = {v: results[v]["acceptance_length"] for v in results}
         other = next(v for v in VARIANTS if v != cfg.register)
-        mlflow.log_artifacts(str(out / f"draft-{other}"), artifact_path=f"draft-{other}")
-        mv = registry.publish(
+        shown = ", ".join(f"{v} {a:.2f}" for v, a in acc.items())
+        same = all(r["identical_outputs"] for r in results.values())
+        print(f"acceptance length at k={cfg.eval_k}: {shown}; identical to greedy: {same}")
+        value = (
+            f"{acc[cfg.register]:.2f} ({other} {acc[other]:.2f}, untrained {acc['untrained']:.2f}; "
+            f"k={cfg.eval_k}, v{{version}})"
+        )
+        return run.publish(
             out / f"draft-{cfg.register}",
-            "m3-draft",
-            stage="draft",
-            parents=parents,
-            config=cfg,
+            summary_out=cfg.summary_out,
+            metric="acceptance length (tokens/target step)",
+            value=value,
+            backend=cfg.register,
             data_hashes={"draft_data": dhash},
-            tags={"m3.config_hash": chash, "m3.draft_variant": cfg.register},
+            tags={"m3.draft_variant": cfg.register},
             description="Eagle3 draft (gated attention optional) of the target (`make draft`).",
         )
-    acc = {v: results[v]["acceptance_length"] for v in results}
-    print(
-        f"m3-draft: registered version {mv.version} ({cfg.register}); acceptance length at k={cfg.eval_k}: "
-        + ", ".join(f"{v} {a:.2f}" for v, a in acc.items())
-        + f"; identical to greedy: {all(r['identical_outputs'] for r in results.values())}"
-    )
-    value = (
-        f"{acc[cfg.register]:.2f} ({other} {acc[other]:.2f}, untrained {acc['untrained']:.2f}; "
-        f"k={cfg.eval_k}, v{mv.version})"
-    )
-    write_summary(cfg.summary_out, "draft", "acceptance length (tokens/target step)", value, cfg.register)
-    return mv
+
+
+def _log_and_export(cfg: DraftConfig, drafts: dict, results: dict, history: list, out: Path) -> None:
+    """Acceptance metrics to MLflow, results.json, both drafts exported (the unregistered one as an artifact)."""
+    import mlflow
+
+    for v, r in results.items():
+        mlflow.log_metrics({f"eval/{v}/acceptance_length": r["acceptance_length"],
+                            f"eval/{v}/speedup": r["speedup"],
+                            **{f"eval/{v}/accept_pos_{i + 1}": x
+                               for i, x in enumerate(r["per_position_acceptance"])}})  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"eval": results, "history": history}, indent=2))
+    mlflow.log_artifact(str(out / "results.json"))
+    for v in VARIANTS:
+        extra = {"target": registry.pin(cfg.target).uri, "ttt_steps": cfg.ttt_steps,
+                 "acceptance_length": results[v]["acceptance_length"], "eval_k": cfg.eval_k}  # fmt: skip
+        export_draft(drafts[v], out / f"draft-{v}", cfg.export_layer_ids, cfg.export_dtype, extra)
+    other = next(v for v in VARIANTS if v != cfg.register)
+    mlflow.log_artifacts(str(out / f"draft-{other}"), artifact_path=f"draft-{other}")

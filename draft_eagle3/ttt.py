@@ -19,7 +19,7 @@ own output, which is the part that differs from step 0 (as in EAGLE-3 and SpecFo
 
 Attention of step i: column t attends to the step-0 keys of columns 0..t (causal) and to the keys of
 steps 1..i at the same column t (the chain it has drafted so far): `ttt_attention_mask`.
-Loss (PAPER.md, "Gated Eagle3 draft"):
+Loss (docs/formulas.md, "Gated Eagle3 draft"):
     L = sum_{i=0}^{k-1} 0.8^i * L_i,
     L_i = sum_{b,t} m_i[b,t] * ( - sum_v p_i[b,t,v] * log q_i[b,t,v] ) / max(1, sum_{b,t} m_i[b,t])
 with p_i the target's distribution restricted to the draft vocabulary and q_i the draft's.

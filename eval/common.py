@@ -10,6 +10,7 @@ from typing import Any
 
 from m3 import registry
 from m3.config import REPO_ROOT, config_hash, log_config
+from m3.runs import write_summary
 
 
 def evaluated_model(cfg: Any) -> tuple[str, registry.ModelRef | None]:
@@ -79,12 +80,7 @@ def record_run(
         for path in artifacts:
             mlflow.log_artifact(str(path))
         if pinned is not None:
-            registry._client().set_model_version_tag(
-                pinned.name,
-                pinned.version,
-                f"m3.eval.{kind}",
-                json.dumps({"run_id": run.info.run_id, **link}),
+            registry.set_version_tag(
+                pinned, f"m3.eval.{kind}", json.dumps({"run_id": run.info.run_id, **link})
             )
-    if cfg.summary_out:
-        Path(cfg.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.summary_out).write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(cfg.summary_out, **summary)

@@ -4,7 +4,6 @@ m3 tiny --out DIR [--preset tiny|small] [--seed N]   write a tiny Qwen3-MoE chec
 m3 base [hydra overrides]                             register the base model (make base)
 m3 registry resolve models:/m3-base@candidate         print the local path of a model
 m3 registry ls [--json]                               models, versions, aliases, lineage
-m3 demo [hydra overrides]                             the pipeline on the tiny preset (make demo)
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import sys
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
 
     out = write_tiny_checkpoint(args.out, args.preset, args.seed)
     print(out)
@@ -23,8 +22,8 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_base(args: argparse.Namespace) -> int:
-    from m3 import base
     from m3.config import compose
+    from m3.model import base
 
     base.main(compose("base", args.overrides))
     return 0
@@ -65,29 +64,6 @@ def _cmd_facts_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from m3 import demo
-
-    return demo.main(args.overrides)
-
-
-def run_entry(config_name: str, main_fn, argv: list[str] | None = None) -> int:
-    """The `python -m <stage or eval>` pattern: compose `configs/<config_name>` with the command
-    line's Hydra overrides, run `main_fn(cfg)`; user errors print one line and exit 2."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from m3.config import compose
-    from m3.registry import RegistryError
-
-    try:
-        main_fn(compose(config_name, list(sys.argv[1:] if argv is None else argv)))
-    except (ValueError, OSError, RegistryError, HydraException, OmegaConfBaseException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="m3", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,9 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--config", default=None, help="YAML of FactRewardConfig fields")
     fs.set_defaults(fn=_cmd_facts_serve)
 
-    d = sub.add_parser("demo", help="run the pipeline on the tiny preset")
-    d.add_argument("overrides", nargs="*")
-    d.set_defaults(fn=_cmd_demo)
     return p
 
 

@@ -39,11 +39,16 @@ def config_dir() -> Path:
 class ModelConfig:
     """Which model a stage starts from and its shape (real shapes for the cluster presets).
 
-    source: `tiny` builds a checkpoint with `m3.tiny` (preset = tiny|small); `hf` loads `path`,
+    source: `tiny` builds a checkpoint with `m3.model.tiny` (preset = tiny|small); `hf` loads `path`,
     a local directory or a hub id (hub ids need network and are registered by reference).
+    alias: the registry alias every stage of this preset reads and registers (`candidate` for the
+    tiny and cluster presets, `real` for the real preset), so presets never overwrite each other.
+    `model=` is the one size setting of every entry point: local presets run on CPU, the real
+    shapes (qwen3_8b, qwen3_30b_a3b, qwen3_235b_a22b) pick the cluster configs of the same name.
     """
 
     name: str = MISSING
+    alias: str = "candidate"
     source: str = "tiny"
     preset: str | None = None
     path: str | None = None
@@ -66,16 +71,31 @@ class ModelConfig:
             raise ValueError(f"model.source must be 'tiny' or 'hf', got {self.source!r}")
 
 
+CLUSTER_SIZES = ("qwen3_8b", "qwen3_30b_a3b", "qwen3_235b_a22b")  # model presets with verl configs
+
+
 @dataclass
 class ScaleConfig:
-    """local: one CPU process, HF generation. cluster: verl on Ray with vLLM/SGLang."""
+    """local: one CPU process, HF generation. cluster: verl on Ray (FSDP2 or Megatron backend)."""
 
-    name: str = "local"
-    backend: str = "local"  # local | fsdp2 | megatron
-    rollout_engine: str = "hf"  # hf | vllm | sglang
-    nnodes: int = 1
-    n_gpus_per_node: int = 0
-    ray_address: str | None = None
+    name: str = "local"  # local | cluster
+    backend: str = "fsdp2"  # cluster training backend: fsdp2 | megatron
+    ray_address: str | None = None  # cluster: the Ray head (None: ray's own default / RAY_ADDRESS)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("local", "cluster"):
+            raise ValueError(f"scale must be local or cluster, got {self.name!r}")
+        if self.backend not in ("fsdp2", "megatron"):
+            raise ValueError(f"scale.backend must be fsdp2 or megatron, got {self.backend!r}")
+
+
+def cluster_size(model: ModelConfig) -> str:
+    """The verl config group (`fsdp2=`, `megatron=`, ...) of a model preset; ValueError for CPU presets."""
+    if model.name not in CLUSTER_SIZES:
+        raise ValueError(
+            f"model={model.name} is a CPU preset: cluster runs take model={'|'.join(CLUSTER_SIZES)}"
+        )
+    return model.name
 
 
 @dataclass
@@ -91,7 +111,6 @@ class BaseRunConfig:
     """`m3 base`: build (tiny) or reference (real) the base model and register it as m3-base."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     register_name: str = "m3-base"

@@ -277,6 +277,16 @@ def publish(
     return mv
 
 
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    """Point `models:/name@alias` at `version` (re-running a registered config re-points its alias)."""
+    _client().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tag(ref: ModelRef, key: str, value: str) -> None:
+    """Tag one registered version (evaluations link their run to the model version they scored)."""
+    _client().set_model_version_tag(ref.name, ref.version, key, value)
+
+
 def find_version(name: str, cfg_hash: str, parents: list[str] | tuple[str, ...] = ()):
     """The newest version of `name` built from the same config and the same parent versions.
 

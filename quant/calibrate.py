@@ -26,38 +26,21 @@ from pathlib import Path
 
 import torch
 
-from m3.config import REPO_ROOT
-
-DOMAINS = ("inquiry", "healthcare", "general")
-CASES = REPO_ROOT / "data" / "agentclinic_medqa.jsonl"
-HEALTHBENCH = REPO_ROOT / "data" / "healthbench_sample30.jsonl"
+from m3.data.prompts import DOMAINS, domain_of, domain_rows, row_id
 
 
 def calibration_prompts(n_per_domain: int, offset: int = 0, seed: int = 0) -> list[dict]:
     """`n_per_domain` prompts of each domain, taken from position `offset` on (so a held-out slice
     with another offset never overlaps): {"domain", "prompt_id", "messages"} rows."""
-    from eval.healthbench.data import load_examples
-    from m3 import expert_data
-    from m3.clinic.cases import load_cases
-
     if n_per_domain < 1:
         raise ValueError(f"calibration needs at least one prompt per domain, got {n_per_domain}")
-    sl = slice(offset, offset + n_per_domain)
-    rows = expert_data.inquiry_rows(load_cases(CASES)[sl], seed=seed)
-    rows += expert_data.healthcare_rows(load_examples(HEALTHBENCH)[sl])
-    rows += expert_data.general_rows(expert_data.generate_general(offset + n_per_domain, seed=seed)[sl])
-    out = []
-    for r in rows:
-        domain = next(d for d in DOMAINS if r["data_source"] == f"m3_{d}")
-        pid = r["extra_info"].get("case_id") or r["extra_info"]["prompt_id"]
-        out.append({"domain": domain, "prompt_id": str(pid), "messages": r["prompt"]})
-    short = {d: sum(r["domain"] == d for r in out) for d in DOMAINS}
-    if min(short.values()) < n_per_domain:
+    try:
+        rows = [r for d in DOMAINS for r in domain_rows(d, n_per_domain, offset, seed=seed)]
+    except ValueError as e:
         raise ValueError(
-            f"not enough prompts for {n_per_domain} per domain from offset {offset} (got {short}); "
-            "lower calibration.prompts_per_domain or calibration.heldout_per_domain"
-        )
-    return out
+            f"{e}; lower calibration.prompts_per_domain or calibration.heldout_per_domain"
+        ) from e
+    return [{"domain": domain_of(r), "prompt_id": row_id(r), "messages": r["prompt"]} for r in rows]
 
 
 def self_generate(
@@ -72,7 +55,7 @@ def self_generate(
     """Answer every prompt with the (unquantized) model itself, greedy; write the conversations as
     JSON lines and return (path, data hash). An existing file is reused: same config, same data."""
     from m3 import registry
-    from m3.generate import HFChatGenerator
+    from m3.model.generate import HFChatGenerator
 
     out_path = Path(out_path)
     if not out_path.is_file():

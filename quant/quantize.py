@@ -27,15 +27,17 @@ from pathlib import Path
 import torch
 
 from m3 import registry
-from m3.config import REPO_ROOT, TrackingConfig, config_hash, log_config, register_schema
-from m3.judges.config import JudgeConfig
-from m3.report import write_summary
+from m3.config import REPO_ROOT, ModelConfig, TrackingConfig, log_config, register_schema
+from m3.data.prompts import SOURCES
+from m3.judges.config import JudgeConfig, simple_evals_judge
+from m3.runs import StageRun
 from quant import calibrate, report
 from quant.gptq import GPTQConfig, run_gptq
 from quant.reload import check_weights, load_w4, verify_against
 
 # Tensors that stay BF16 (reload check: bit-identical): router, embeddings, lm_head, norms.
 BF16_TENSORS = r"mlp\.gate\.weight$|embed_tokens|lm_head|norm\.weight$"
+BACKEND = "llm-compressor GPTQ W4A16"
 
 
 @dataclass
@@ -55,14 +57,15 @@ class QuantEvalConfig:
     weight_rel_tolerance: float = 0.3  # per quantized tensor; 4-bit gives ~0.1, re-init ~1.4
     healthbench_examples: int = 4  # HealthBench-sample records not used for calibration; 0 skips
     max_new_tokens: int = 64
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge: JudgeConfig = field(default_factory=simple_evals_judge)  # HealthBench: simple-evals' grader
 
 
 @dataclass
 class QuantConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # the preset: its registry alias
     # registry URI or a local checkpoint directory. Not called `model`: configs/model/ is a Hydra
-    # group, so `model=...` on the command line would select a model preset instead.
-    source: str = "models:/m3-mopd@candidate"
+    # group, so `model=...` on the command line selects the preset.
+    source: str = "models:/m3-mopd@${model.alias}"
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     eval: QuantEvalConfig = field(default_factory=QuantEvalConfig)
@@ -78,11 +81,11 @@ register_schema("quant_schema", QuantConfig)
 def healthbench_score(model_dir: Path, cfg: QuantConfig, offset: int, out: Path) -> dict:
     """Overall HealthBench score of a (BF16) checkpoint on sample records after `offset` (those not
     used for calibration), through eval.healthbench's generation, grading and scoring."""
-    from eval.healthbench.data import load_examples, load_graded
     from eval.healthbench.run import GenerationConfig, HealthBenchRunConfig, generate_missing, grade_missing
     from eval.healthbench.scoring import score_graded
+    from m3.data.healthbench import load_examples, load_graded
 
-    examples = load_examples(calibrate.HEALTHBENCH)[offset : offset + cfg.eval.healthbench_examples]
+    examples = load_examples(str(SOURCES["healthcare"]))[offset : offset + cfg.eval.healthbench_examples]
     if len(examples) < cfg.eval.healthbench_examples:
         raise ValueError(
             f"only {len(examples)} HealthBench-sample records remain after the calibration ones; "
@@ -122,41 +125,98 @@ def size_report(w4_dir: Path, model, group: int, dtype: torch.dtype) -> dict:
 
 def main(cfg: QuantConfig):
     import mlflow
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     registry.setup(cfg.tracking.experiment)
     parents = [cfg.source] if cfg.source.startswith("models:/") else []
-    chash = config_hash(cfg, exclude=("tracking", "out_dir", "summary_out"))
-    existing = registry.find_version(cfg.register_name, chash, parents)
-    if existing is not None:
-        registry._client().set_registered_model_alias(cfg.register_name, "candidate", existing.version)
-        print(f"{cfg.register_name}: up to date (version {existing.version}, config {chash})")
-        write_summary(
-            cfg.summary_out,
-            "quant",
-            "registered (up to date)",
-            f"v{existing.version}",
-            "llm-compressor GPTQ W4A16",
-        )
+    run = StageRun(cfg.register_name, cfg, stage="quant", parents=parents, alias=cfg.model.alias)
+    if (existing := run.up_to_date(cfg.summary_out, BACKEND)) is not None:
         return existing
     model_dir = registry.resolve(cfg.source)
-    out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "quant" / chash
-    c = cfg.calibration
+    out = Path(cfg.out_dir or REPO_ROOT / "outputs" / "quant" / run.config_hash)
+    calib = calibration_set(cfg, model_dir, out)  # 1
+    reference, activation, uncovered = activation_report(cfg, model_dir, calib, out)  # 2
+    w4_dir, group = run_gptq(  # 3
+        model_dir,
+        calib["ids"],
+        cfg.gptq,
+        out / "w4",
+        {"calibration_hash": calib["hash"], "source": cfg.source},
+    )
+    w4, accounting = load_w4(w4_dir, dtype=torch.float32)  # 4
+    weights = check_weights(reference, w4, re.compile(BF16_TENSORS), cfg.eval.weight_rel_tolerance)
+    quality = verify_against(w4, reference, calib["held_ids"], cfg.eval.kl_tolerance)
+    sizes = size_report(w4_dir, w4, group, getattr(torch, cfg.gptq.dtype))  # 5
+    hb = healthbench_pair(cfg, model_dir, w4_dir, calib["tokenizer"], out)
+    result = {
+        "group_size": group, "calibration_hash": calib["hash"], "calibration_samples": len(calib["ids"]),
+        "calibration_tokens": sum(map(len, calib["ids"])), "activation": activation,
+        "uncovered_experts": uncovered, "accounting": accounting, "weights": weights, "quality": quality,
+        "sizes": sizes, **hb,
+    }  # fmt: skip
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    real = sizes["qwen3_235b_a22b_g128"]
+    with mlflow.start_run(run_name="quant-w4a16"):  # 6
+        log_config(cfg)
+        mlflow.set_tags(
+            {"m3.stage": "quant", "m3.data_hash": calib["hash"], "m3.quant.group_size": str(group)}
+        )
+        mlflow.log_metrics(report_metrics(result))
+        for name in ("report.json", "expert_activation.json", "calibration.jsonl"):
+            mlflow.log_artifact(str(out / name))
+        print(
+            f"weights {100 * sizes['model']['ratio']:.1f}% of BF16 here (group {group}), "
+            f"{100 * real['ratio']:.1f}% on Qwen3-235B-A22B shapes (g128); "
+            f"KL {quality['kl_mean']:.2e}, PPL {quality['ppl_bf16']:.4g} -> {quality['ppl_w4']:.4g}"
+        )
+        return run.publish(
+            w4_dir,
+            summary_out=cfg.summary_out,
+            metric="W4 bytes / BF16 bytes",
+            value=(
+                f"{100 * sizes['model']['ratio']:.1f}% here, {100 * real['ratio']:.1f}% at 235B g128; "
+                f"KL {quality['kl_mean']:.1e} (v{{version}})"
+            ),
+            backend=BACKEND,
+            data_hashes={"calibration": calib["hash"]},
+            tags={
+                "m3.quant.scheme": cfg.gptq.scheme,
+                "m3.quant.group_size": str(group),
+                "m3.quant.format": "compressed-tensors pack-quantized",
+                "m3.quant.ignore": json.dumps(list(cfg.gptq.ignore)),
+            },
+            description="GPTQ W4A16 (compressed-tensors) of the final model (`make quant`).",
+        )
 
-    # 1. self-generated calibration set + held-out text (the prompts that follow, never answered)
+
+def calibration_set(cfg: QuantConfig, model_dir: Path, out: Path) -> dict:
+    """1. Prompts of every domain answered by the model itself (saved, hashed) as token ids, and the
+    held-out text: the prompts that follow, never answered."""
+    from transformers import AutoTokenizer
+
+    c = cfg.calibration
     rows = calibrate.calibration_prompts(c.prompts_per_domain, offset=0, seed=c.seed)
     calib_path, calib_hash = calibrate.self_generate(
         model_dir, rows, out / "calibration.jsonl", max_new_tokens=c.max_new_tokens, batch_size=c.batch_size
     )
     tok = AutoTokenizer.from_pretrained(model_dir)
-    calib_ids = calibrate.token_ids(tok, calibrate.read_calibration(calib_path), c.max_seq_length)
     held = calibrate.calibration_prompts(c.heldout_per_domain, offset=c.prompts_per_domain, seed=c.seed)
-    held_ids = calibrate.token_ids(tok, held, c.max_seq_length)
+    return {
+        "hash": calib_hash,
+        "tokenizer": tok,
+        "ids": calibrate.token_ids(tok, calibrate.read_calibration(calib_path), c.max_seq_length),
+        "held_ids": calibrate.token_ids(tok, held, c.max_seq_length),
+    }
 
-    # 2. expert-activation report on the unquantized model
-    dtype = getattr(torch, cfg.gptq.dtype)
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).float().eval()
-    counts = calibrate.expert_activation(reference, calib_ids)
+
+def activation_report(cfg: QuantConfig, model_dir: Path, calib: dict, out: Path):
+    """2. The unquantized reference model and how many calibration tokens the router sent to each
+    expert (dense models: no experts, nothing to report). Returns (reference, summary, uncovered)."""
+    from transformers import AutoModelForCausalLM
+
+    c = cfg.calibration
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.gptq.dtype))
+    reference = reference.float().eval()
+    counts = calibrate.expert_activation(reference, calib["ids"])
     activation = calibrate.activation_summary(counts, c.min_tokens_per_expert)
     (out / "expert_activation.json").write_text(
         json.dumps({"tokens_per_expert": counts.tolist(), **activation}, indent=2) + "\n"
@@ -174,86 +234,39 @@ def main(cfg: QuantConfig):
         # Their Hessians still see every token (all-expert calibration); the router just never picks
         # them on this data. Reported (report.json, MLflow), not fatal.
         print(f"quant: warning: {msg}; quantized from all-expert calibration")
+    return reference, activation, uncovered
 
-    # 3. GPTQ, 4. verified reload
-    w4_dir, group = run_gptq(
-        model_dir, calib_ids, cfg.gptq, out / "w4", {"calibration_hash": calib_hash, "source": cfg.source}
-    )
-    w4, accounting = load_w4(w4_dir, dtype=torch.float32)
-    weights = check_weights(reference, w4, re.compile(BF16_TENSORS), cfg.eval.weight_rel_tolerance)
-    quality = verify_against(w4, reference, held_ids, cfg.eval.kl_tolerance)
 
-    # 5. report
-    sizes = size_report(w4_dir, w4, group, dtype)
-    hb = {}
-    if cfg.eval.healthbench_examples > 0:
-        deq = out / "w4_dequantized"  # the W4 weights in BF16, what W4A16 kernels multiply with
-        load_w4(w4_dir, dtype=dtype)[0].save_pretrained(deq)
-        tok.save_pretrained(deq)
-        offset = c.prompts_per_domain + c.heldout_per_domain
-        hb = {
-            "healthbench_bf16": healthbench_score(model_dir, cfg, offset, out / "healthbench_bf16"),
-            "healthbench_w4": healthbench_score(deq, cfg, offset, out / "healthbench_w4"),
-        }
-    result = {
-        "group_size": group,
-        "calibration_hash": calib_hash,
-        "calibration_samples": len(calib_ids),
-        "calibration_tokens": sum(map(len, calib_ids)),
-        "activation": activation,
-        "uncovered_experts": uncovered,
-        "accounting": accounting,
-        "weights": weights,
-        "quality": quality,
-        "sizes": sizes,
-        **hb,
+def healthbench_pair(cfg: QuantConfig, model_dir: Path, w4_dir: Path, tok, out: Path) -> dict:
+    """5. A short HealthBench-sample run of the float model and of the W4 weights (dequantized, what
+    W4A16 kernels multiply with), on records after the calibration ones; {} when switched off."""
+    if cfg.eval.healthbench_examples <= 0:
+        return {}
+    deq = out / "w4_dequantized"
+    load_w4(w4_dir, dtype=getattr(torch, cfg.gptq.dtype))[0].save_pretrained(deq)
+    tok.save_pretrained(deq)
+    offset = cfg.calibration.prompts_per_domain + cfg.calibration.heldout_per_domain
+    return {
+        "healthbench_bf16": healthbench_score(model_dir, cfg, offset, out / "healthbench_bf16"),
+        "healthbench_w4": healthbench_score(deq, cfg, offset, out / "healthbench_w4"),
     }
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    real = sizes["qwen3_235b_a22b_g128"]
-    metrics = {
+
+
+def report_metrics(result: dict) -> dict[str, float]:
+    """The flat MLflow metrics of a report.json."""
+    sizes, activation, real = result["sizes"], result["activation"], result["sizes"]["qwen3_235b_a22b_g128"]
+    hb = {k: v for k, v in result.items() if k.startswith("healthbench_")}
+    return {
         "w4/ratio_vs_bf16": sizes["model"]["ratio"],
         "w4/bits_per_weight": sizes["model"]["bits_per_weight"],
         "w4/measured_bytes": sizes["measured_bytes"],
         "w4/real_235b_ratio_g128": real["ratio"],
         "w4/real_235b_gb_g128": real["gb_w4"],
-        "w4/group_size": group,
+        "w4/group_size": result["group_size"],
         "calib/covered_fraction": activation["covered_fraction"],
         "calib/min_tokens_per_expert": activation["min_tokens_per_expert"],
-        "calib/uncovered_experts": len(uncovered),
-        **{f"quality/{k}": v for k, v in quality.items()},
-        **{f"weights/{k}": v for k, v in weights.items()},
+        "calib/uncovered_experts": len(result["uncovered_experts"]),
+        **{f"quality/{k}": v for k, v in result["quality"].items()},
+        **{f"weights/{k}": v for k, v in result["weights"].items()},
         **{f"{k}/overall_score": v["overall_score"] for k, v in hb.items()},
     }
-    with mlflow.start_run(run_name="quant-w4a16"):
-        log_config(cfg)
-        mlflow.set_tags({"m3.stage": "quant", "m3.data_hash": calib_hash, "m3.quant.group_size": str(group)})
-        mlflow.log_metrics(metrics)
-        for name in ("report.json", "expert_activation.json", "calibration.jsonl"):
-            mlflow.log_artifact(str(out / name))
-        mv = registry.publish(
-            w4_dir,
-            cfg.register_name,
-            stage="quant",
-            parents=parents,
-            config=cfg,
-            data_hashes={"calibration": calib_hash},
-            tags={
-                "m3.config_hash": chash,
-                "m3.quant.scheme": cfg.gptq.scheme,
-                "m3.quant.group_size": str(group),
-                "m3.quant.format": "compressed-tensors pack-quantized",
-                "m3.quant.ignore": json.dumps(list(cfg.gptq.ignore)),
-            },
-            description="GPTQ W4A16 (compressed-tensors) of the final model (`make quant`).",
-        )
-    print(
-        f"{cfg.register_name}: registered version {mv.version}; weights {100 * sizes['model']['ratio']:.1f}% "
-        f"of BF16 here (group {group}), {100 * real['ratio']:.1f}% on Qwen3-235B-A22B shapes (g128); "
-        f"KL {quality['kl_mean']:.2e}, PPL {quality['ppl_bf16']:.4g} -> {quality['ppl_w4']:.4g}"
-    )
-    value = (
-        f"{100 * sizes['model']['ratio']:.1f}% here, {100 * real['ratio']:.1f}% at 235B g128; "
-        f"KL {quality['kl_mean']:.1e} (v{mv.version})"
-    )
-    write_summary(cfg.summary_out, "quant", "W4 bytes / BF16 bytes", value, "llm-compressor GPTQ W4A16")
-    return mv

@@ -10,7 +10,7 @@ probe), then sends one chat request with thinking on and one with it off
 reasoning/answer split:
 - reasoning comes from the message's `reasoning_content` (SGLang, transformers serve, vLLM < 0.11)
   or `reasoning` (newer vLLM) when the server's qwen3 reasoning parser is on; otherwise the content is
-  split on the think tags with m3.generate.split_reasoning;
+  split on the think tags with m3.text.reasoning.split_reasoning;
 - no think tag may be left in the answer; thinking off must give no reasoning;
 - with --require-reasoning (real models), thinking on must give some reasoning.
 tokens/s = completion tokens / wall time of the non-streaming request (prefill included).
@@ -24,11 +24,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
-from m3.generate import THINK_END, THINK_START, split_reasoning
+from m3.runs import write_summary
+from m3.text.reasoning import THINK_END, THINK_START, split_reasoning
 
 DEFAULT_PROMPT = "I have had a mild fever and a sore throat for two days. What should I do?"
 
@@ -149,18 +149,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_summary(report: dict, path: str | Path, backend: str) -> None:
-    """The demo's one-line summary: {"step","metric","value","backend"}."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    row = {
-        "step": "serve",
-        "metric": "smoke_tokens_per_s",
-        "value": report["tokens_per_s"],
-        "backend": backend,
-    }
-    Path(path).write_text(json.dumps(row) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.smoke", description=__doc__.split("\n\n")[0])
     p.add_argument("--base-url", required=True, help="http://HOST:PORT/v1")
@@ -190,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.summary_out:
-        write_summary(report, args.summary_out, backend=f"smoke client against {base_url}")
+        write_summary(
+            args.summary_out,
+            "serve",
+            "smoke_tokens_per_s",
+            report["tokens_per_s"],
+            f"smoke client against {base_url}",
+        )
     return 0 if report["ok"] else 1
 
 

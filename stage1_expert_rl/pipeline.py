@@ -1,4 +1,4 @@
-"""SPAR's segmented pipeline scheduler: per-stage task pools with a quality gate (PAPER.md, SPAR).
+"""SPAR's segmented pipeline scheduler: per-stage task pools with a quality gate (docs/formulas.md, SPAR).
 
 A task is (case, transcript so far, next stage). A consultation's four stages (inquiry -> ddx -> lab
 -> diagnosis) are trained as separate segments, and one training step mixes stages of different
@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m3.clinic.cases import ClinicalCase
-from m3.clinic.episode import EpisodeConfig, start
-from m3.clinic.simulator import PatientSimulator
+from m3.clinic.episode import EpisodeConfig, plan_interruptions, start
+from m3.clinic.patient.simulator import PatientSimulator
 from m3.clinic.transcript import STAGES, Transcript
 
 K = len(STAGES)
@@ -101,6 +101,7 @@ class PipelineScheduler:
     def __init__(self, cfg: PipelineConfig | None = None) -> None:
         self.cfg = cfg or PipelineConfig()
         self.cases: dict[str, dict] = {}  # case_id -> ClinicalCase.to_dict()
+        self.interruptions: dict[str, str | None] = {}  # case_id -> planned interruption mode
         self.pools: dict[str, deque[Task]] = {s: deque() for s in STAGES}
         self.in_flight: dict[str, Task] = {}
         self.counts = _stage_counts()
@@ -110,12 +111,16 @@ class PipelineScheduler:
 
     # --- input ----------------------------------------------------------------------------
     def add_cases(self, cases: list) -> None:
-        """Queue new cases (ClinicalCase) for the inquiry stage, in order."""
+        """Queue new cases (ClinicalCase) for the inquiry stage, in order; the interruption plan is
+        drawn over each added set (m3.clinic.episode.plan_interruptions)."""
         for case in cases:
             if case.case_id in self.cases:
                 raise ValueError(f"case {case.case_id!r} was already added; case ids must be unique")
             self.cases[case.case_id] = case.to_dict()
             self.pools["inquiry"].append(Task(case.case_id, "inquiry"))
+        self.interruptions.update(
+            plan_interruptions([c.case_id for c in cases], EpisodeConfig(), self.cfg.seed)
+        )
 
     # --- batches --------------------------------------------------------------------------
     def quotas(self, batch_size: int) -> dict[str, int]:
@@ -188,6 +193,7 @@ class PipelineScheduler:
                 "case_id": task.case_id,
                 "stages": [task.stage],
                 "seed": self.cfg.seed,
+                "interruption": self.interruptions.get(task.case_id),
             }
             if task.transcript is None:  # x_1, as the data preparation writes it
                 prompt = start(ClinicalCase.from_dict(case), _PATIENT, EpisodeConfig()).doctor_messages()
@@ -237,6 +243,7 @@ class PipelineScheduler:
                 "seed": self.cfg.seed,
             },  # fmt: skip
             "cases": self.cases,
+            "interruptions": self.interruptions,
             "pools": {s: [task(t) for t in self.pools[s]] for s in STAGES},
             "in_flight": [task(t) for t in self.in_flight.values()],
             "counts": self.counts,
@@ -249,6 +256,7 @@ class PipelineScheduler:
         state = json.loads(json.dumps(state))  # a deep copy; also rejects what JSON cannot hold
         self.cfg = PipelineConfig(**state["cfg"])
         self.cases = state["cases"]
+        self.interruptions = state.get("interruptions", {})
         self.pools = {s: deque(Task(**t) for t in state["pools"][s]) for s in STAGES}
         for t in reversed(state["in_flight"]):
             self.pools[t["stage"]].appendleft(Task(**t))

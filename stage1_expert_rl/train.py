@@ -2,7 +2,8 @@
 
     make stage1 EXPERT=inquiry                        # local: tiny model, CPU, a few SPAR steps
     make stage1 EXPERT=healthcare ARGS="steps=5"
-    DRY_RUN=1 make stage1 EXPERT=inquiry SCALE=cluster ARGS="cluster_size=qwen3_235b_a22b"
+    make stage1 EXPERT=inquiry ARGS="model=smollm2_135m"   # the real preset (reads/writes @real)
+    DRY_RUN=1 make stage1 EXPERT=inquiry SCALE=cluster ARGS="model=qwen3_235b_a22b scale.backend=megatron"
 
 Local (scale=local): config -> the base model from the registry -> rows from the expert's data ->
 a plain loop of `LocalEngine.rollout` / `LocalEngine.update` (the same agent loop, rewards,
@@ -26,31 +27,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m3 import registry
-from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
-from m3.engine import LocalEngine, LocalRLConfig
-from m3.report import write_summary
+from m3.config import (
+    REPO_ROOT,
+    ModelConfig,
+    ScaleConfig,
+    TrackingConfig,
+    cluster_size,
+    log_config,
+    register_schema,
+)
+from m3.data.prompts import EXPERTS, data_hash, split_rows, write_parquet
+from m3.rl.engine import LocalEngine, LocalRLConfig
+from m3.runs import StageRun
+from stage1_expert_rl.data import build_rows
 
-EXPERTS = ("inquiry", "healthcare", "general")
 BACKEND = "offline judges/simulator"  # what the local run's rewards come from (demo table)
-DEFAULT_DATA = {
-    "inquiry": "data/agentclinic_medqa.jsonl",
-    "healthcare": "data/healthbench_sample30.jsonl",
-    "general": None,  # generated verifiable-instruction prompts
-}
 
 
 @dataclass
 class Stage1Config:
     expert: str = "inquiry"
-    base: str = "models:/m3-base@candidate"
-    data: str | None = None  # None: the expert's default (DEFAULT_DATA)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the preset: size, cluster group, alias
+    base: str = "models:/m3-base@${model.alias}"
+    data: str | None = None  # None: the expert's default (m3.data.prompts.SOURCES)
     n_prompts: int = 8  # prompts drawn from the data (local)
     steps: int = 3
     prompts_per_step: int = 2
     rl: LocalRLConfig = field(default_factory=LocalRLConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
-    cluster_backend: str = "fsdp2"  # fsdp2 | megatron
-    cluster_size: str = "qwen3_8b"  # qwen3_8b | qwen3_30b_a3b | qwen3_235b_a22b
     cluster_overrides: list[str] = field(default_factory=list)  # extra verl overrides
     pipeline: bool = True  # inquiry: SPAR's segmented pipeline (stages of different cases per batch)
     gate_tau: float = 0.5  # quality gate V_k >= tau between stages (OPEN in the paper)
@@ -67,35 +71,28 @@ class Stage1Config:
 register_schema("stage1_schema", Stage1Config)
 
 
-def build_rows(cfg: Stage1Config) -> tuple[list[dict], str]:
-    """The expert's rows (verl parquet schema) and their data hash."""
-    from stage1_expert_rl import data
-
-    source = cfg.data or DEFAULT_DATA[cfg.expert]
-    if source is not None and not Path(source).is_absolute():
-        source = str(REPO_ROOT / source)
-    rows = data.build_rows(cfg.expert, source, n=max(cfg.n_prompts, 64), seed=0)
+def build_data(cfg: Stage1Config) -> tuple[list[dict], str]:
+    """The expert's rows (verl parquet schema; the first n_prompts locally) and their data hash."""
+    rows = build_rows(cfg.expert, cfg.data, n=max(cfg.n_prompts, 64), seed=0)
     rows = rows[: cfg.n_prompts] if cfg.scale.name == "local" else rows
-    return rows, data.data_hash(rows)[:16]
+    return rows, data_hash(rows)[:16]
 
 
 def run_cluster(cfg: Stage1Config, rows: list[dict], out: Path) -> None:
-    from m3.verl_config import compose_verl_config, ray_job_command, validate
-    from stage1_expert_rl import data
+    from m3.rl.verl_config import compose_verl_config, ray_job_command, validate
 
-    train, val = data.split_rows(rows, val_fraction=0.05, seed=0)
-    data.write_parquet(train, out / "train.parquet")
-    data.write_parquet(val, out / "val.parquet")
-    name = "stage1_expert" if cfg.cluster_backend == "fsdp2" else "stage1_expert_megatron"
-    base = registry.resolve(cfg.base)
+    train, val = split_rows(rows, val_fraction=0.05, seed=0)
+    write_parquet(train, out / "train.parquet")
+    write_parquet(val, out / "val.parquet")
+    name = "stage1_expert" if cfg.scale.backend == "fsdp2" else "stage1_expert_megatron"
     pipeline = []
     if cfg.expert == "inquiry" and cfg.pipeline:  # verl draws the scheduler's tasks (verl_pipeline.py)
         from stage1_expert_rl.verl_pipeline import cluster_overrides
 
         pipeline = cluster_overrides(cfg.gate_tau, cfg.rl.seed)
     overrides = [
-        f"{cfg.cluster_backend}={cfg.cluster_size}",
-        f"actor_rollout_ref.model.path={base}",
+        f"{cfg.scale.backend}={cluster_size(cfg.model)}",
+        f"actor_rollout_ref.model.path={registry.resolve(cfg.base)}",
         f"data.train_files={out / 'train.parquet'}",
         f"data.val_files={out / 'val.parquet'}",
         f"trainer.experiment_name=m3-expert-{cfg.expert}",
@@ -113,76 +110,77 @@ def run_cluster(cfg: Stage1Config, rows: list[dict], out: Path) -> None:
 def main(cfg: Stage1Config):
     import mlflow
 
-    name = f"m3-expert-{cfg.expert}"
     registry.setup(cfg.tracking.experiment)
-    chash = config_hash(cfg, exclude=("tracking", "out_dir", "dry_run", "summary_out"))
-    out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage1" / f"{cfg.expert}-{chash}"
+    name = f"m3-expert-{cfg.expert}"
+    run = StageRun(
+        name, cfg, stage="stage1", step=f"stage1-{cfg.expert}", parents=[cfg.base], alias=cfg.model.alias
+    )
+    out = Path(cfg.out_dir or REPO_ROOT / "outputs" / "stage1" / f"{cfg.expert}-{run.config_hash}")
     out.mkdir(parents=True, exist_ok=True)
-    rows, dhash = build_rows(cfg)
+    rows, dhash = build_data(cfg)
     if cfg.scale.name == "cluster":
         return run_cluster(cfg, rows, out)
-    existing = registry.find_version(name, chash, [cfg.base])
-    if existing is not None:
-        registry._client().set_registered_model_alias(name, "candidate", existing.version)
-        print(f"{name}: up to date (version {existing.version}, config {chash})")
-        step = f"stage1-{cfg.expert}"
-        write_summary(cfg.summary_out, step, "registered (up to date)", f"v{existing.version}", BACKEND)
+    if (existing := run.up_to_date(cfg.summary_out, BACKEND)) is not None:
         return existing
     engine = LocalEngine(registry.resolve(cfg.base), cfg.rl, out)
+    scheduler = _scheduler(cfg, rows, out)
     rng = random.Random(cfg.rl.seed)
-    history: list[dict] = []
+    history_path = out / "history.json"  # per step, so a resumed run keeps its first steps
+    history = json.loads(history_path.read_text()) if history_path.is_file() else []
+    history = [h for h in history if h["step"] <= engine.step]  # a step logged but not checkpointed reruns
     with mlflow.start_run(run_name=f"stage1-{cfg.expert}"):
         log_config(cfg)
         mlflow.set_tags({"m3.stage": "stage1", "m3.expert": cfg.expert, "m3.data_hash": dhash})
-        scheduler = _scheduler(cfg, rows, out)
         while engine.step < cfg.steps:
-            if scheduler is not None:  # segmented pipeline: tasks of different cases at different stages
-                tasks = scheduler.next_batch(cfg.prompts_per_step)
-                batch = scheduler.to_rows(tasks)
-                if not batch:
-                    raise ValueError(
-                        "the pipeline has no task left: every case finished or was stopped by "
-                        "the gate; add cases (n_prompts) or lower gate_tau"
-                    )
-            else:
-                batch = rng.sample(rows, min(cfg.prompts_per_step, len(rows)))
+            tasks = scheduler.next_batch(cfg.prompts_per_step) if scheduler else None
+            batch = (
+                _pipeline_rows(scheduler, tasks)
+                if scheduler
+                else rng.sample(rows, min(cfg.prompts_per_step, len(rows)))
+            )
             trajs = engine.rollout(batch)
             metrics = engine.update(trajs)
             if scheduler is not None:
                 metrics.update(_report(scheduler, tasks, trajs, cfg.rl.group_size))
                 (out / "pipeline.json").write_text(json.dumps(scheduler.state_dict()))
-            violations = [t.extra.get("violation_rate", 0.0) for t in trajs if "violation_rate" in t.extra]
+            violations = [t.extra["violation_rate"] for t in trajs if "violation_rate" in t.extra]
             if violations:
                 metrics["violation_rate"] = sum(violations) / len(violations)
             mlflow.log_metrics(metrics, step=engine.step)
             history.append({"step": engine.step, **metrics})
+            history_path.write_text(json.dumps(history, indent=2))
             engine.save()
-            print(
-                f"[{cfg.expert}] step {engine.step}/{cfg.steps} "
-                + " ".join(
-                    f"{k}={v:.4f}" for k, v in metrics.items() if k in ("reward_mean", "pg_loss", "grad_norm")
-                )
-            )
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        mlflow.log_artifact(str(out / "history.json"))
-        _plot(history, out / "rewards.png")
-        mlflow.log_artifact(str(out / "rewards.png"))
-        mv = registry.publish(
+            shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("reward_mean", "pg_loss", "grad_norm"))
+            print(f"[{cfg.expert}] step {engine.step}/{cfg.steps} {shown}", flush=True)
+        _log_history(history, out)
+        first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
+        return run.publish(
             engine.export(out / "model"),
-            name,
-            stage="stage1",
-            parents=[cfg.base],
-            config=cfg,
+            summary_out=cfg.summary_out,
+            metric="reward_mean first->last step",
+            value=f"{first:.3f}->{last:.3f} (v{{version}})",
+            backend=BACKEND,
             data_hashes={cfg.expert: dhash},
-            tags={"m3.config_hash": chash},  # the hash find_version compares (run-location keys excluded)
             description=f"Stage-1 {cfg.expert} expert (`make stage1 EXPERT={cfg.expert}`).",
         )
-    print(f"{name}: registered version {mv.version} (models:/{name}@candidate)")
-    if history:
-        first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
-        value = f"{first:.3f}->{last:.3f} (v{mv.version})"
-        write_summary(cfg.summary_out, f"stage1-{cfg.expert}", "reward_mean first->last step", value, BACKEND)
-    return mv
+
+
+def _pipeline_rows(scheduler, tasks) -> list[dict]:
+    rows = scheduler.to_rows(tasks)
+    if not rows:
+        raise ValueError(
+            "the pipeline has no task left: every case finished or was stopped by the gate; "
+            "add cases (n_prompts) or lower gate_tau"
+        )
+    return rows
+
+
+def _log_history(history: list[dict], out: Path) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(out / "history.json"))
+    _plot(history, out / "rewards.png")
+    mlflow.log_artifact(str(out / "rewards.png"))
 
 
 def _scheduler(cfg: Stage1Config, rows: list[dict], out: Path):

@@ -1,6 +1,6 @@
 """Stage 2 losses: Clip-Forward-KL, its forward-KL (NLL) ablation, and chunked token log-probs.
 
-Paper (Baichuan-M3, Stage 2; see the shared PAPER.md). Offline distillation on the teachers' own
+Paper (Baichuan-M3, Stage 2; see docs/formulas.md). Offline distillation on the teachers' own
 samples, with the teacher's log-prob of every sampled token stored with the data:
 
     L = E_{(s,a) ~ teacher data} [ 1(log pi_theta(a|s) < log pi_teacher(a|s)) * (-log pi_theta(a|s)) ]

@@ -6,7 +6,7 @@ teacher's log-prob of every sampled response token, as parquet via `datasets`; t
 logged with the student. Consultations run through the same "m3_consultation" agent loop and the
 patient simulator as stage 1; healthcare and general prompts are single-turn.
 
-Local: HF generation on the tiny experts (`m3.engine.LocalEngine` rollouts, temperature 1 so the
+Local: HF generation on the tiny experts (`m3.rl.engine.LocalEngine` rollouts, temperature 1 so the
 stored log-probs are the teacher's own distribution). Cluster: the same rows go to a vLLM offline
 batch job with `logprobs=0` (the sampled token's log-prob): `stage2_distill/vllm_teacher.py`.
 """
@@ -17,9 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from m3.engine import LocalEngine, LocalRLConfig
-
-DOMAINS = ("inquiry", "healthcare", "general")
+from m3.rl.engine import LocalEngine, LocalRLConfig
 
 
 def teacher_samples(

@@ -2,16 +2,16 @@
 
     make stage2                                  # local: tiny experts -> teacher data -> student
     make stage2 ARGS="loss=fkl steps=20"          # the forward-KL ablation
-    DRY_RUN=1 make stage2 SCALE=cluster ARGS="cluster_size=qwen3_235b_a22b cluster_backend=megatron"
+    DRY_RUN=1 make stage2 SCALE=cluster ARGS="model=qwen3_235b_a22b scale.backend=megatron"
 
-Config -> teacher rollouts (each `m3-expert-<domain>@candidate` on its own domain's prompts, with
+Config -> teacher rollouts (each `m3-expert-<domain>@<alias>` on its own domain's prompts, with
 log-probs; cached by config in the run directory) -> a plain loop over mixture-weighted batches:
 student hidden states -> chunked log-probs of the teacher tokens -> Clip-FKL (or forward-KL) ->
 AdamW -> per-domain losses, masked fraction and a held-out per-domain eval (mean student log-prob
 of the teacher's tokens) to MLflow -> register `m3-distill` with lineage to the student's init and
 every teacher, plus the data hash.
 
-Cluster (scale=cluster; `DRY_RUN=1 make stage2 SCALE=cluster ARGS="cluster_size=qwen3_235b_a22b"`):
+Cluster (scale=cluster; `DRY_RUN=1 make stage2 SCALE=cluster ARGS="model=qwen3_235b_a22b"`):
 writes each domain's prompt rows (JSON lines) to out_dir (put it on the shared file system), then per
 domain a vLLM offline batch job of its teacher (`stage2_distill/vllm_teacher.py`, `ray job submit`)
 writing the teacher records, then verl's SFT trainer with Clip-FKL on those records
@@ -32,20 +32,28 @@ from pathlib import Path
 import torch
 
 from m3 import registry
-from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
-from m3.engine import LocalRLConfig
-from m3.report import write_summary
+from m3.config import (
+    REPO_ROOT,
+    ModelConfig,
+    ScaleConfig,
+    TrackingConfig,
+    cluster_size,
+    log_config,
+    register_schema,
+)
+from m3.data.prompts import DOMAINS, domain_rows
+from m3.rl.engine import LocalRLConfig
+from m3.runs import StageRun
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss, gather_logprobs_chunked
-from stage2_distill.rollouts import DOMAINS, read_records, teacher_samples, write_records
-
-CLUSTER_SIZES = ("qwen3_8b", "qwen3_30b_a3b", "qwen3_235b_a22b")
+from stage2_distill.rollouts import read_records, teacher_samples, write_records
 
 
 @dataclass
 class Stage2Config:
-    init: str = "models:/m3-base@candidate"  # the student's starting point (base or an expert)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the preset: size, cluster group, alias
+    init: str = "models:/m3-base@${model.alias}"  # the student's starting point (base or an expert)
     teachers: dict[str, str] = field(
-        default_factory=lambda: {d: f"models:/m3-expert-{d}@candidate" for d in DOMAINS}
+        default_factory=lambda: {d: f"models:/m3-expert-{d}@${{model.alias}}" for d in DOMAINS}
     )
     mixture: dict[str, float] = field(
         default_factory=lambda: {"inquiry": 1.0, "healthcare": 1.0, "general": 1.0}
@@ -61,9 +69,8 @@ class Stage2Config:
     rollout: LocalRLConfig = field(
         default_factory=lambda: LocalRLConfig(max_new_tokens=24, max_response_length=512)
     )
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
-    cluster_backend: str = "fsdp2"  # fsdp2 | megatron (the verl SFT engine)
-    cluster_size: str = "qwen3_8b"  # qwen3_8b | qwen3_30b_a3b | qwen3_235b_a22b (student and teachers)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)  # scale.backend: the verl SFT engine
+    max_inquiry_turns: int | None = 3  # local: short consultations (small teachers ramble); cluster: full
     cluster_prompts_per_domain: int = 64
     cluster_max_tokens: int = 4096  # per teacher response (per doctor turn in consultations)
     cluster_max_response_length: int = 16384  # a whole consultation
@@ -77,36 +84,11 @@ class Stage2Config:
     def __post_init__(self) -> None:
         if self.loss not in ("clip_fkl", "fkl"):
             raise ValueError(f"loss must be 'clip_fkl' or 'fkl', got {self.loss!r}")
-        if self.cluster_backend not in ("fsdp2", "megatron"):
-            raise ValueError(f"cluster_backend must be fsdp2 or megatron, got {self.cluster_backend!r}")
-        if self.cluster_size not in CLUSTER_SIZES:
-            raise ValueError(f"cluster_size must be one of {CLUSTER_SIZES}, got {self.cluster_size!r}")
         if set(self.teachers) != set(DOMAINS) or set(self.mixture) != set(DOMAINS):
             raise ValueError(f"teachers and mixture need exactly the domains {DOMAINS}")
 
 
 register_schema("stage2_schema", Stage2Config)
-
-
-def domain_rows(domain: str, n: int, short_consultations: bool = True) -> list[dict]:
-    """The first n prompts of a domain, in the stage-1 row schema (m3.expert_data)."""
-    from m3 import expert_data
-
-    if domain == "inquiry":
-        from m3.clinic.cases import load_cases
-
-        rows = expert_data.inquiry_rows(load_cases(REPO_ROOT / "data" / "agentclinic_medqa.jsonl")[:n])
-        if short_consultations:  # local: the tiny teachers ramble; the cluster runs full consultations
-            for r in rows:
-                r["extra_info"]["episode"] = {"max_inquiry_turns": 3}
-        return rows
-    if domain == "healthcare":
-        from eval.healthbench.data import load_examples
-
-        return expert_data.healthcare_rows(
-            load_examples(REPO_ROOT / "data" / "healthbench_sample30.jsonl")[:n]
-        )
-    return expert_data.general_rows(expert_data.generate_general(n, seed=0))
 
 
 def build_data(cfg: Stage2Config, out: Path) -> tuple[dict[str, list[dict]], dict[str, list[dict]], str]:
@@ -115,7 +97,8 @@ def build_data(cfg: Stage2Config, out: Path) -> tuple[dict[str, list[dict]], dic
     if not path.is_file():
         records = []
         for d in DOMAINS:
-            rows = domain_rows(d, cfg.prompts_per_domain + cfg.heldout_per_domain)
+            n = cfg.prompts_per_domain + cfg.heldout_per_domain
+            rows = domain_rows(d, n, max_inquiry_turns=cfg.max_inquiry_turns)
             records += teacher_samples(
                 registry.resolve(cfg.teachers[d]), d, rows, cfg.rollout, out / f"tmp-{d}"
             )
@@ -132,7 +115,7 @@ def _batch(records: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     """(input ids B x L, target positions mask B x L-1, teacher logp B x L-1, targets) right-padded."""
     seqs = [r["prompt_ids"] + r["response_ids"] for r in records]
     L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), 151643, dtype=torch.long)
+    ids = torch.zeros((len(seqs), L), dtype=torch.long)  # right padding: masked, any valid id does
     mask = torch.zeros(len(seqs), L - 1)
     teacher = torch.zeros(len(seqs), L - 1)
     for i, (r, s) in enumerate(zip(records, seqs, strict=True)):
@@ -170,16 +153,14 @@ def run_cluster(cfg: Stage2Config, out: Path) -> list[list[str]]:
     commands = []
     for d in DOMAINS:
         rows_path = out / f"rows-{d}.jsonl"
-        vllm_teacher.write_rows(
-            domain_rows(d, cfg.cluster_prompts_per_domain, short_consultations=False), rows_path
-        )
+        vllm_teacher.write_rows(domain_rows(d, cfg.cluster_prompts_per_domain), rows_path)
         commands.append(
             vllm_teacher.teacher_command(
                 registry.resolve(cfg.teachers[d]),
                 d,
                 rows_path,
                 out / f"teacher-{d}.parquet",
-                tensor_parallel_size=vllm_teacher.TEACHER_TP[cfg.cluster_size],
+                tensor_parallel_size=vllm_teacher.TEACHER_TP[cluster_size(cfg.model)],
                 temperature=cfg.rollout.temperature,
                 max_tokens=cfg.cluster_max_tokens,
                 max_response_length=cfg.cluster_max_response_length,
@@ -189,7 +170,7 @@ def run_cluster(cfg: Stage2Config, out: Path) -> list[list[str]]:
         )
     files = ",".join(str(out / f"teacher-{d}.parquet") for d in DOMAINS)
     overrides = [
-        f"sft_{cfg.cluster_backend}={cfg.cluster_size}",
+        f"sft_{cfg.scale.backend}={cluster_size(cfg.model)}",
         f"model.path={registry.resolve(cfg.init)}",
         f"data.train_files=[{files}]",
         *[f"data.mixture.{d}={float(cfg.mixture[d])}" for d in DOMAINS],
@@ -198,7 +179,7 @@ def run_cluster(cfg: Stage2Config, out: Path) -> list[list[str]]:
         f"m3_distill.norm={cfg.norm}",
         *cfg.cluster_overrides,
     ]
-    vcfg = verl_sft.compose(cfg.cluster_backend, overrides)
+    vcfg = verl_sft.compose(cfg.scale.backend, overrides)
     verl_sft.validate(vcfg)
     commands.append(verl_sft.ray_job_command(vcfg, address=cfg.scale.ray_address))
     print(f"# stage 2 on the cluster: {len(DOMAINS)} teacher jobs (vLLM), then the student (verl SFT)")
@@ -212,80 +193,78 @@ def run_cluster(cfg: Stage2Config, out: Path) -> list[list[str]]:
 
 def main(cfg: Stage2Config):
     import mlflow
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     registry.setup(cfg.tracking.experiment)
     parents = [cfg.init, *[cfg.teachers[d] for d in DOMAINS]]
-    chash = config_hash(cfg, exclude=("tracking", "out_dir", "summary_out", "dry_run"))
+    run = StageRun("m3-distill", cfg, stage="stage2", parents=parents, alias=cfg.model.alias)
     if cfg.scale.name == "cluster":
-        out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage2" / f"cluster-{chash}"
-        return run_cluster(cfg, out)
-    existing = registry.find_version("m3-distill", chash, parents)
-    if existing is not None:
-        registry._client().set_registered_model_alias("m3-distill", "candidate", existing.version)
-        print(f"m3-distill: up to date (version {existing.version}, config {chash})")
-        write_summary(cfg.summary_out, "stage2", "registered (up to date)", f"v{existing.version}", cfg.loss)
+        return run_cluster(
+            cfg, Path(cfg.out_dir or REPO_ROOT / "outputs" / "stage2" / f"cluster-{run.config_hash}")
+        )
+    if (existing := run.up_to_date(cfg.summary_out, cfg.loss)) is not None:
         return existing
-    out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage2" / chash
+    out = Path(cfg.out_dir or REPO_ROOT / "outputs" / "stage2" / run.config_hash)
     train_recs, held, dhash = build_data(cfg, out)
     init_dir = registry.resolve(cfg.init)
+    with mlflow.start_run(run_name=f"stage2-{cfg.loss}"):
+        log_config(cfg)
+        mlflow.set_tags({"m3.stage": "stage2", "m3.data_hash": dhash})
+        model, before, after = train_student(cfg, init_dir, train_recs, held, out)
+        model.save_pretrained(out / "model", safe_serialization=True)
+        AutoTokenizer.from_pretrained(init_dir).save_pretrained(out / "model")
+        logp = ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in after)
+        print(f"held-out teacher-token log-prob {logp}")
+        gain = ", ".join(f"{k.split('/')[1]} {after[k] - before[k]:+.3f}" for k in after)
+        return run.publish(
+            out / "model",
+            summary_out=cfg.summary_out,
+            metric="held-out teacher-token logp gain",
+            value=f"{gain} (v{{version}})",
+            backend=cfg.loss,
+            data_hashes={"teacher_data": dhash},
+            description="Clip-Forward-KL student of the three experts (`make stage2`).",
+        )
+
+
+def train_student(cfg: Stage2Config, init_dir: Path, train_recs: dict, held: dict, out: Path):
+    """The loop: mixture-weighted batches -> Clip-FKL (or FKL) -> AdamW; metrics and the held-out
+    eval go to the active MLflow run. Returns (model, eval before, eval after)."""
+    import mlflow
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32).train()
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     rng = random.Random(cfg.seed)
     weights = [cfg.mixture[d] if train_recs[d] else 0.0 for d in DOMAINS]
+    loss_fn = clip_forward_kl_loss if cfg.loss == "clip_fkl" else _fkl
     history = []
-    with mlflow.start_run(run_name=f"stage2-{cfg.loss}"):
-        log_config(cfg)
-        mlflow.set_tags({"m3.stage": "stage2", "m3.data_hash": dhash})
-        before = evaluate(model, held, cfg.chunk_size)
-        mlflow.log_metrics(before, step=0)
-        for step in range(1, cfg.steps + 1):
-            domains = rng.choices(DOMAINS, weights=weights, k=cfg.batch_size)  # mixture weights per sample
-            batch = [rng.choice(train_recs[d]) for d in domains]
-            logp, teacher, mask = student_logprobs(model, batch, cfg.chunk_size)
-            if cfg.loss == "clip_fkl":
-                loss, stats = clip_forward_kl_loss(logp, teacher, mask, norm=cfg.norm)
-            else:
-                loss, stats = forward_kl_nll_loss(logp, mask, norm=cfg.norm)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
-            for d in set(domains):  # per-domain loss of this batch's samples (no gradient)
+    before = evaluate(model, held, cfg.chunk_size)
+    mlflow.log_metrics(before, step=0)
+    for step in range(1, cfg.steps + 1):
+        domains = rng.choices(DOMAINS, weights=weights, k=cfg.batch_size)  # mixture weights per sample
+        batch = [rng.choice(train_recs[d]) for d in domains]
+        logp, teacher, mask = student_logprobs(model, batch, cfg.chunk_size)
+        loss, stats = loss_fn(logp, teacher, mask, norm=cfg.norm)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        metrics = {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
+        with torch.no_grad():  # per-domain loss of this batch's samples
+            for d in set(domains):
                 rows = [i for i, x in enumerate(domains) if x == d]
-                with torch.no_grad():
-                    sub = (
-                        clip_forward_kl_loss(logp[rows], teacher[rows], mask[rows], norm=cfg.norm)
-                        if cfg.loss == "clip_fkl"
-                        else forward_kl_nll_loss(logp[rows], mask[rows], norm=cfg.norm)
-                    )
-                metrics[f"loss/{d}"] = float(sub[0])
-            mlflow.log_metrics(metrics, step=step)
-            history.append({"step": step, **metrics})
-        after = evaluate(model, held, cfg.chunk_size)
-        mlflow.log_metrics(after, step=cfg.steps)
-        (out / "history.json").write_text(
-            json.dumps({"history": history, "eval_before": before, "eval_after": after}, indent=2)
-        )
-        mlflow.log_artifact(str(out / "history.json"))
-        model.save_pretrained(out / "model", safe_serialization=True)
-        AutoTokenizer.from_pretrained(init_dir).save_pretrained(out / "model")
-        mv = registry.publish(
-            out / "model",
-            "m3-distill",
-            stage="stage2",
-            parents=parents,
-            config=cfg,
-            data_hashes={"teacher_data": dhash},
-            tags={"m3.config_hash": chash},
-            description="Clip-Forward-KL student of the three experts (`make stage2`).",
-        )
-    print(
-        f"m3-distill: registered version {mv.version}; held-out teacher-token log-prob "
-        + ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in after)
+                metrics[f"loss/{d}"] = float(loss_fn(logp[rows], teacher[rows], mask[rows], norm=cfg.norm)[0])
+        mlflow.log_metrics(metrics, step=step)
+        history.append({"step": step, **metrics})
+    after = evaluate(model, held, cfg.chunk_size)
+    mlflow.log_metrics(after, step=cfg.steps)
+    (out / "history.json").write_text(
+        json.dumps({"history": history, "eval_before": before, "eval_after": after}, indent=2)
     )
-    gain = ", ".join(f"{k.split('/')[1]} {after[k] - before[k]:+.3f}" for k in after)
-    write_summary(
-        cfg.summary_out, "stage2", "held-out teacher-token logp gain", f"{gain} (v{mv.version})", cfg.loss
-    )
-    return mv
+    mlflow.log_artifact(str(out / "history.json"))
+    return model, before, after
+
+
+def _fkl(logp, teacher, mask, norm):
+    """Forward KL on teacher samples = NLL of the teacher's tokens (the teacher's log-probs unused)."""
+    return forward_kl_nll_loss(logp, mask, norm=norm)

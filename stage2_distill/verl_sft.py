@@ -33,7 +33,6 @@ rolled the same way; the result is normalised by the global teacher-token count 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import random
 import sys
 from functools import partial
@@ -43,8 +42,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from m3.data.prompts import DOMAINS
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss
-from stage2_distill.rollouts import DOMAINS
 
 BASE = "sft_trainer_engine"  # verl's SFT entry config
 CONFIGS = {"fsdp2": "stage2_sft", "megatron": "stage2_sft_megatron"}  # configs/verl/<name>.yaml
@@ -171,7 +170,7 @@ def distill_sft_loss(config, model_output, data, dp_group=None, *, loss: str = "
 # --- config: compose, validate, launch ---------------------------------------------------------------
 def compose(backend: str = "fsdp2", overrides: list[str] | None = None) -> DictConfig:
     """configs/verl/stage2_sft[_megatron].yaml (verl's sft_trainer_engine + ours) with overrides."""
-    from m3.verl_config import compose_verl_config
+    from m3.rl.verl_config import compose_verl_config
 
     if backend not in CONFIGS:
         raise ValueError(f"cluster_backend must be one of {sorted(CONFIGS)}, got {backend!r}")
@@ -182,46 +181,22 @@ def backend_of(cfg: DictConfig) -> str:
     return "megatron" if cfg.engine._target_.endswith("McoreEngineConfig") else "fsdp2"
 
 
-def _unknown_fields(node: Any, path: str = "") -> list[str]:
-    """Keys of every `_target_` node that its dataclass lacks (Hydra would let a YAML add them)."""
-    from hydra.utils import get_class
-
-    errors = []
-    if isinstance(node, DictConfig):
-        if "_target_" in node:
-            fields = {f.name for f in dataclasses.fields(get_class(node._target_))}
-            errors += [f"{path}.{k}" for k in sorted(set(node.keys()) - fields - {"_target_"})]
-        for key in node:
-            errors += _unknown_fields(node._get_node(key), f"{path}.{key}" if path else str(key))
-    return errors
-
-
-def _added_keys(ours: Any, base: Any, path: str = "") -> list[str]:
-    if not (isinstance(ours, dict) and isinstance(base, dict)):
-        return []
-    out = []
-    for k, v in ours.items():
-        sub = f"{path}.{k}" if path else str(k)
-        out += _added_keys(v, base[k], sub) if k in base else [sub]
-    return out
-
-
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Raise ValueError unless verl's SFT trainer and our loss/dataset accept `cfg`; returns the
     dataclasses built as SFTTrainer._build_config builds them (model only if its config.json is local)."""
     from verl.utils import omega_conf_to_dataclass
     from verl.utils.import_utils import load_extern_object
 
-    from m3.verl_config import compose_verl_base
+    from m3.rl.verl_config import added_keys, compose_verl_base, unknown_fields
 
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)
-    errors = [f"{p}: not a field of its dataclass" for p in _unknown_fields(cfg)]
+    errors = unknown_fields(cfg)
     base = OmegaConf.to_container(compose_verl_base(BASE, GROUPS[backend_of(cfg)]), resolve=False)
     ours = OmegaConf.to_container(cfg, resolve=False)
     errors += [
         f"{k}: verl's {BASE} has no such key"
-        for k in _added_keys(ours, base)
+        for k in added_keys(ours, base)
         if k.split(".")[0] not in OPEN_KEYS
     ]
     d = cfg.m3_distill
@@ -281,7 +256,7 @@ def _batch_errors(cfg: DictConfig) -> list[str]:
 
 def hydra_overrides(cfg: DictConfig) -> list[str]:
     """verl group choices + the overrides that turn verl's sft_trainer_engine into `cfg`."""
-    from m3.verl_config import compose_verl_base, config_diff
+    from m3.rl.verl_config import compose_verl_base, config_diff
 
     groups = GROUPS[backend_of(cfg)]
     base = OmegaConf.to_container(compose_verl_base(BASE, groups), resolve=False)
@@ -312,7 +287,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from m3.verl_config import compose_verl_base
+    from m3.rl.verl_config import compose_verl_base
 
     cfg = compose_verl_base(BASE, list(sys.argv[1:] if argv is None else argv))
     validate(cfg)

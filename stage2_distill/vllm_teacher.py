@@ -22,7 +22,7 @@ and the local engine, driven by `VLLMServer`, a verl-server-manager adapter over
 in this process (all consultations run concurrently, vLLM batches their turns). The simulator is the
 row's `extra_info.simulator` backend (offline by default; point it at an OpenAI-compatible endpoint
 for a model simulator). Doctor tokens get mask 1 and their log-probs; simulator turns and stage
-instructions mask 0 and log-prob 0. The adapter has the interface of `m3.local_server.LocalServer`,
+instructions mask 0 and log-prob 0. The adapter has the interface of `m3.rl.local_server.LocalServer`,
 and `consultation_records` is tested locally with LocalServer standing in for vLLM.
 
 vllm is imported lazily (it is not installed on CPU machines); the conversion from vLLM outputs to
@@ -113,7 +113,7 @@ def records_from_outputs(domain: str, rows: list[dict], outputs: list[Any]) -> l
 
 # --- prompts and sampling ------------------------------------------------------------------------
 def render_prompt_ids(tokenizer, row: dict) -> list[int]:
-    """The row's chat as token ids, exactly as `m3.engine.LocalEngine` renders single-turn prompts."""
+    """The row's chat as token ids, exactly as `m3.rl.engine.LocalEngine` renders single-turn prompts."""
     enc = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, enable_thinking=False)
     return list(enc["input_ids"])
 
@@ -133,7 +133,7 @@ def vllm_sampling_kwargs(params: dict[str, Any], seed: int | None) -> dict[str, 
 # --- consultations: the m3_consultation agent loop on any verl-style server -----------------------
 class VLLMServer:
     """`await server.generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput` on vLLM's
-    AsyncLLM: the server-manager call the agent loop makes (same interface as m3.local_server)."""
+    AsyncLLM: the server-manager call the agent loop makes (same interface as m3.rl.local_server)."""
 
     def __init__(self, engine, seed: int = 0) -> None:
         self.engine, self.seed, self._n = engine, seed, 0
@@ -170,15 +170,8 @@ def consultation_records(
     max_response_length: int,
 ) -> list[dict]:
     """Run the m3_consultation agent loop for every row on `server` (concurrently) -> inquiry records."""
-    import hydra
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
-    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from m3.rl.agent_loop import build_agent_loop
 
-    from m3.agent_loop import NAME, register
-    from m3.verl_config import compose_verl_base
-
-    register()
-    vcfg = compose_verl_base("ppo_trainer", [f"data.max_response_length={max_response_length}"])
     sampling = {
         "temperature": temperature,
         "top_p": 1.0,
@@ -188,16 +181,8 @@ def consultation_records(
     }
 
     async def one(row: dict):
-        loop = hydra.utils.instantiate(  # as verl's AgentLoopWorker and m3.engine build it
-            config=_agent_loop_registry[NAME],
-            trainer_config=DictConfigWrap(config=vcfg),
-            server_manager=server,
-            tokenizer=tokenizer,
-            processor=None,
-            hf_model_type=model_type,
-            dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(vcfg.data),
-            tools=ToolListWrap([]),
+        loop = build_agent_loop(
+            server, tokenizer, max_response_length=max_response_length, model_type=model_type
         )
         extra = {
             **row["extra_info"],
@@ -324,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, help="teacher checkpoint directory (HF format)")
     p.add_argument("--domain", required=True, choices=("inquiry", *SINGLE_TURN))
-    p.add_argument("--rows", required=True, type=Path, help="prompt rows, JSON lines (m3.expert_data schema)")
+    p.add_argument(
+        "--rows", required=True, type=Path, help="prompt rows, JSON lines (m3.data.prompts schema)"
+    )
     p.add_argument("--out", required=True, type=Path, help="records parquet to write")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096, help="per response (per doctor turn for inquiry)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from m3.cli import run_entry
+from m3.runs import run_entry
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """MOPD (multi-teacher on-policy distillation with task rewards) as pure tensor functions.
 
-Paper: Baichuan-M3 stage 3 in the MiMo-V2-Flash form (shared PAPER.md, "Stage 3: MOPD"). The student
+Paper: Baichuan-M3 stage 3 in the MiMo-V2-Flash form (docs/formulas.md, "Stage 3: MOPD"). The student
 samples y ~ mu_theta (the inference engine), the teacher is the expert of the prompt's domain:
 
     A_t = sg[log pi_domain(y_t) - log pi_theta(y_t)] + alpha * A_ORM,t
@@ -12,7 +12,7 @@ Shapes: B sequences x T response positions, right-padded; `mask_BT` is 1 on the 
 `log pi_domain - log pi_theta` on a token the student sampled is the single-sample estimate of the
 reverse KL's gradient signal: its mean over the student's tokens is the reverse-KL estimate we log.
 
-Defaults (PAPER.md leaves them OPEN; configs/stage3.yaml documents them): alpha = 1.0,
+Defaults (docs/formulas.md leaves them OPEN; configs/stage3.yaml documents them): alpha = 1.0,
 eps_low = 0.5, eps_high = 2.0 (the window a published MOPD user took).
 
 Run: `pytest tests/stage3_mopd/test_losses.py`.

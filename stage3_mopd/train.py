@@ -2,12 +2,12 @@
 
     make stage3                                   # local: tiny m3-distill student, tiny experts as teachers
     make stage3 ARGS="alpha=0.5 steps=8"
-    DRY_RUN=1 make stage3 SCALE=cluster ARGS="cluster_size=qwen3_235b_a22b"   # the verl job, printed
+    DRY_RUN=1 make stage3 SCALE=cluster ARGS="model=qwen3_235b_a22b"   # the verl job, printed
 
-Local (scale=local), one readable loop: config -> the student in the local engine (m3.engine, the
+Local (scale=local), one readable loop: config -> the student in the local engine (m3.rl.engine, the
 same rollouts, reward functions and estimators as stage 1) and the three experts, frozen ->
 per step: rollouts from the student on one prompt per domain (mu_theta = the sampler's log-probs) ->
-task rewards -> A_ORM (SPAR for consultations, GRPO otherwise; m3.engine.task_advantages) ->
+task rewards -> A_ORM (SPAR for consultations, GRPO otherwise; m3.rl.engine.task_advantages) ->
 teacher log-probs of the student's tokens from the expert of each sample's domain (simulator turns
 are context only: mask 0) -> the MOPD loss (stage3_mopd/losses.py) -> AdamW step -> per-domain
 reverse KL (sampled estimate), task reward and importance-masked fraction to MLflow -> checkpoint
@@ -29,19 +29,31 @@ from pathlib import Path
 
 import torch
 
-from m3 import expert_data, registry
-from m3.config import REPO_ROOT, ScaleConfig, TrackingConfig, config_hash, log_config, register_schema
-from m3.engine import LocalEngine, LocalRLConfig, Trajectory, response_logprobs, task_advantages
-from m3.report import write_summary
-from stage3_mopd.data import DOMAIN_OF_SOURCE, DOMAINS, cluster_rows, domain_rows
+from m3 import registry
+from m3.config import (
+    REPO_ROOT,
+    ModelConfig,
+    ScaleConfig,
+    TrackingConfig,
+    cluster_size,
+    log_config,
+    register_schema,
+)
+from m3.data.prompts import DOMAINS, data_hash, domain_rows, split_rows, write_parquet
+from m3.rl.engine import LocalEngine, LocalRLConfig, Trajectory, response_logprobs, task_advantages
+from m3.runs import StageRun
+from stage3_mopd.data import DOMAIN_OF_SOURCE, MAX_INQUIRY_TURNS, cluster_rows
 from stage3_mopd.losses import mopd_loss
+
+BACKEND = "offline judges/simulator"  # what the task rewards come from (demo table)
 
 
 @dataclass
 class Stage3Config:
-    student: str = "models:/m3-distill@candidate"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the preset: size, cluster group, alias
+    student: str = "models:/m3-distill@${model.alias}"
     teachers: dict[str, str] = field(
-        default_factory=lambda: {d: f"models:/m3-expert-{d}@candidate" for d in DOMAINS}
+        default_factory=lambda: {d: f"models:/m3-expert-{d}@${{model.alias}}" for d in DOMAINS}
     )
     alpha: float = 1.0  # weight of the task advantage A_ORM (OPEN in the paper)
     eps_low: float = 0.5  # importance window on pi_theta/mu_theta (OPEN; a published MOPD choice)
@@ -55,8 +67,6 @@ class Stage3Config:
         )
     )
     scale: ScaleConfig = field(default_factory=ScaleConfig)
-    cluster_backend: str = "fsdp2"  # fsdp2 | megatron
-    cluster_size: str = "qwen3_8b"  # qwen3_8b | qwen3_30b_a3b | qwen3_235b_a22b (student and teachers)
     cluster_prompts_per_domain: int = 64
     cluster_overrides: list[str] = field(default_factory=list)
     dry_run: bool = False
@@ -67,8 +77,6 @@ class Stage3Config:
     def __post_init__(self) -> None:
         if set(self.teachers) != set(DOMAINS):
             raise ValueError(f"teachers needs exactly the domains {DOMAINS}, got {sorted(self.teachers)}")
-        if self.cluster_backend not in ("fsdp2", "megatron"):
-            raise ValueError(f"cluster_backend must be fsdp2 or megatron, got {self.cluster_backend!r}")
         if not 0.0 <= self.eps_low <= 1.0 <= self.eps_high:
             raise ValueError(f"need 0 <= eps_low <= 1 <= eps_high, got {self.eps_low}, {self.eps_high}")
 
@@ -190,17 +198,17 @@ def heldout_reverse_kl(model, teachers, trajs: list[Trajectory]) -> dict[str, fl
 
 # --- cluster ----------------------------------------------------------------------------------------
 def run_cluster(cfg: Stage3Config, out: Path) -> None:
-    from m3.verl_config import compose_verl_config, ray_job_command, validate
+    from m3.rl.verl_config import compose_verl_config, ray_job_command, validate
     from stage3_mopd.verl_loss import check_config
 
     rows = cluster_rows(cfg.cluster_prompts_per_domain)
-    train, val = expert_data.split_rows(rows, val_fraction=0.05, seed=0)
-    expert_data.write_parquet(train, out / "train.parquet")
-    expert_data.write_parquet(val, out / "val.parquet")
-    name = "stage3_mopd" if cfg.cluster_backend == "fsdp2" else "stage3_mopd_megatron"
+    train, val = split_rows(rows, val_fraction=0.05, seed=0)
+    write_parquet(train, out / "train.parquet")
+    write_parquet(val, out / "val.parquet")
+    name = "stage3_mopd" if cfg.scale.backend == "fsdp2" else "stage3_mopd_megatron"
     overrides = [
-        f"{cfg.cluster_backend}={cfg.cluster_size}",
-        f"mopd_teachers={cfg.cluster_size}",
+        f"{cfg.scale.backend}={cluster_size(cfg.model)}",
+        f"mopd_teachers={cluster_size(cfg.model)}",
         f"actor_rollout_ref.model.path={_cluster_path(cfg.student)}",
         *[f"distillation.teacher_models.{d}.model_path={_cluster_path(cfg.teachers[d])}" for d in DOMAINS],
         f"distillation.distillation_loss.alpha={cfg.alpha}",
@@ -230,28 +238,20 @@ def main(cfg: Stage3Config):
     import mlflow
 
     registry.setup(cfg.tracking.experiment)
-    chash = config_hash(cfg, exclude=("tracking", "out_dir", "dry_run", "summary_out"))
-    out = Path(cfg.out_dir) if cfg.out_dir else REPO_ROOT / "outputs" / "stage3" / chash
+    parents = [cfg.student, *[cfg.teachers[d] for d in DOMAINS]]
+    run = StageRun("m3-mopd", cfg, stage="stage3", parents=parents, alias=cfg.model.alias)
+    out = Path(cfg.out_dir or REPO_ROOT / "outputs" / "stage3" / run.config_hash)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.scale.name == "cluster":
         return run_cluster(cfg, out)
-    parents = [cfg.student, *[cfg.teachers[d] for d in DOMAINS]]
-    existing = registry.find_version("m3-mopd", chash, parents)
-    if existing is not None:
-        registry._client().set_registered_model_alias("m3-mopd", "candidate", existing.version)
-        print(f"m3-mopd: up to date (version {existing.version}, config {chash})")
-        write_summary(
-            cfg.summary_out,
-            "stage3",
-            "registered (up to date)",
-            f"v{existing.version}",
-            "offline judges/simulator",
-        )
+    if (existing := run.up_to_date(cfg.summary_out, BACKEND)) is not None:
         return existing
-    n = cfg.prompts_per_domain
-    train_rows = {d: domain_rows(d, n) for d in DOMAINS}
-    held_rows = [r for d in DOMAINS for r in domain_rows(d, cfg.heldout_per_domain, offset=n)]
-    dhash = expert_data.data_hash([r for d in DOMAINS for r in train_rows[d]] + held_rows)[:16]
+    n, turns = cfg.prompts_per_domain, MAX_INQUIRY_TURNS
+    train_rows = {d: domain_rows(d, n, max_inquiry_turns=turns) for d in DOMAINS}
+    held_rows = [
+        r for d in DOMAINS for r in domain_rows(d, cfg.heldout_per_domain, n, max_inquiry_turns=turns)
+    ]
+    dhash = data_hash([r for d in DOMAINS for r in train_rows[d]] + held_rows)[:16]
     engine = LocalEngine(registry.resolve(cfg.student), cfg.rl, out)  # resumes from out/checkpoint
     teachers = load_teachers(cfg.teachers)
     hist_path = out / "history.json"
@@ -265,47 +265,35 @@ def main(cfg: Stage3Config):
             mlflow.log_metrics(state["eval_before"], step=0)
         while engine.step < cfg.steps:
             batch = [train_rows[d][engine.step % n] for d in DOMAINS]  # one prompt per domain per step
-            trajs = engine.rollout(batch)
-            metrics = mopd_step(engine, teachers, trajs, cfg)
+            metrics = mopd_step(engine, teachers, engine.rollout(batch), cfg)
             mlflow.log_metrics(metrics, step=engine.step)
             state["history"].append({"step": engine.step, **metrics})
             engine.save()
             hist_path.write_text(json.dumps(state, indent=2))  # with the checkpoint: a killed run resumes
-            print(
-                f"[mopd] step {engine.step}/{cfg.steps} loss={metrics['loss']:.4f} "
-                + " ".join(
-                    f"rKL[{d}]={metrics[f'reverse_kl/{d}']:.3f}"
-                    for d in DOMAINS
-                    if f"reverse_kl/{d}" in metrics
-                )
+            rkl = " ".join(
+                f"rKL[{d}]={metrics[f'reverse_kl/{d}']:.3f}" for d in DOMAINS if f"reverse_kl/{d}" in metrics
             )
+            print(f"[mopd] step {engine.step}/{cfg.steps} loss={metrics['loss']:.4f} {rkl}", flush=True)
         state["eval_after"] = heldout_reverse_kl(engine.model, teachers, held)
         mlflow.log_metrics(state["eval_after"], step=cfg.steps)
         hist_path.write_text(json.dumps(state, indent=2))
         mlflow.log_artifact(str(hist_path))
         _plot(state["history"], out / "reverse_kl.png")
         mlflow.log_artifact(str(out / "reverse_kl.png"))
-        mv = registry.publish(
+        before, after = state["eval_before"], state["eval_after"]
+        change = ", ".join(
+            f"{k.split('/')[-1]} {before[k]:.3g}->{after[k]:.3g}" for k in after if k in before
+        )
+        print(f"held-out reverse KL to the teacher: {change}")
+        return run.publish(
             engine.export(out / "model"),
-            "m3-mopd",
-            stage="stage3",
-            parents=parents,
-            config=cfg,
+            summary_out=cfg.summary_out,
+            metric="held-out reverse KL to teacher",
+            value=f"{change} (v{{version}})",
+            backend=BACKEND,
             data_hashes={"mopd_prompts": dhash},
-            tags={"m3.config_hash": chash},
             description="MOPD student: on-policy distillation from the three experts with task rewards (`make stage3`).",
         )
-    before, after = state["eval_before"], state["eval_after"]
-    change = ", ".join(f"{k.split('/')[-1]} {before[k]:.3g}->{after[k]:.3g}" for k in after if k in before)
-    print(f"m3-mopd: registered version {mv.version}; held-out reverse KL to the teacher: {change}")
-    write_summary(
-        cfg.summary_out,
-        "stage3",
-        "held-out reverse KL to teacher",
-        f"{change} (v{mv.version})",
-        "offline judges/simulator",
-    )
-    return mv
 
 
 def _plot(history: list[dict], path: Path) -> None:

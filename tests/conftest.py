@@ -14,7 +14,7 @@ os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny Qwen3-MoE checkpoint (preset tiny, seed 0) with the Qwen3 tokenizer."""
-    from m3.tiny import write_tiny_checkpoint
+    from m3.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model", "tiny", 0)
 

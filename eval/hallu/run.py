@@ -1,7 +1,7 @@
 """HealthBench-Hallu: claims extracted from a model's answers to HealthBench prompts, each verified
 against evidence WITHOUT the claim cache, and the hallucination rate
 
-    H = (1.0 * #refuted + 0.5 * #uncertain) / #claims        (PAPER.md; M3 3.5%, GPT-5.2-High 3.8%)
+    H = (1.0 * #refuted + 0.5 * #uncertain) / #claims        (docs/formulas.md; M3 3.5%, GPT-5.2-High 3.8%)
 
     python -m eval.hallu                                        # m3-base, 30 sample prompts, offline
     python -m eval.hallu model=models:/m3-mopd@candidate data=main n_examples=1000 facts.backend=openai \
@@ -24,10 +24,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from eval.common import evaluated_model, read_jsonl_resumable, record_run, repo_path, run_dir
-from eval.healthbench.data import load_examples, subsample
 from eval.healthbench.run import GenerationConfig, generate_missing
 from m3 import registry
 from m3.config import TrackingConfig, register_schema
+from m3.data.healthbench import load_examples, subsample
 from m3.facts.reward import FactAwareReward, FactRewardConfig
 from m3.facts.reward_math import hallucination_rate
 
@@ -92,14 +92,6 @@ async def verify_missing(cfg: HalluRunConfig, examples, completions: dict[str, s
             row["claims"].append({"claim": claim, **asdict(v), "evidence": evidence})
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
-
-
-def _passage_text(checker: FactAwareReward, passage_id: str) -> str | None:
-    """Evidence text for the output; None for passages from a search hook (not in the corpus)."""
-    try:
-        return checker.corpus.get(passage_id).text
-    except ValueError:
-        return None
 
 
 def main(cfg: HalluRunConfig) -> dict:

@@ -2,7 +2,7 @@
 
 Modules and command line:
 
-    eval.healthbench.data      read the official JSONL (main / hard / consensus) from a path or URL
+    m3.data.healthbench      read the official JSONL (main / hard / consensus) from a path or URL
     eval.healthbench.scoring   per-example rubric scores and the clipped-mean + bootstrap aggregate
     python -m eval.healthbench score --graded GRADED.jsonl --out METRICS.json
 """

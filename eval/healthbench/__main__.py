@@ -4,7 +4,7 @@
     python -m eval.healthbench score --graded GRADED.jsonl --out METRICS.json [--seed 0] [--n-bootstrap 1000]
 
 `score` reads graded records (a HealthBench record + `completion` + `criteria_met` on every rubric
-item, see `eval.healthbench.data`), writes the metrics JSON with simple-evals' key names
+item, see `m3.data.healthbench`), writes the metrics JSON with simple-evals' key names
 ("overall_score", "overall_score:n_samples", "axis:accuracy:bootstrap_std", ...) and prints a
 short table. A malformed line exits with code 2 and "file:line: field ..." on stderr.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from eval.healthbench.data import load_graded
 from eval.healthbench.scoring import N_BOOTSTRAP, score_graded
+from m3.data.healthbench import load_graded
 from m3.registry import RegistryError
 
 # Rows of the printed table: the headline and the per-axis / per-theme breakdown of the paper.

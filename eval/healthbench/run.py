@@ -26,11 +26,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from eval.common import evaluated_model, read_jsonl_resumable, record_run, repo_path, run_dir
-from eval.healthbench.data import HealthBenchExample, graded_record, load_examples, load_graded, subsample
 from eval.healthbench.scoring import N_BOOTSTRAP, score_graded
 from m3 import registry
 from m3.config import TrackingConfig, register_schema
-from m3.judges.config import JudgeConfig, build_rubric_judge, judge_backend_name
+from m3.data.healthbench import HealthBenchExample, graded_record, load_examples, load_graded, subsample
+from m3.judges.config import (
+    JudgeConfig,
+    build_rubric_judge,
+    grader_template_name,
+    judge_backend_name,
+    simple_evals_judge,
+)
 
 
 @dataclass
@@ -55,7 +61,7 @@ class HealthBenchRunConfig:
     out_dir: str | None = None  # None: outputs/healthbench/<model>-<data>-<config hash>
     summary_out: str | None = None  # also write the summary here (the demo's table reads it)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge: JudgeConfig = field(default_factory=simple_evals_judge)  # simple-evals' grader template
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -83,7 +89,7 @@ def generate_missing(
     g = cfg.generation
     bar = tqdm(total=len(todo), desc="generate", unit="ex")
     if cfg.endpoint:
-        from m3.generate import EndpointChat
+        from m3.model.generate import EndpointChat
 
         async def run() -> None:
             chat = EndpointChat(
@@ -108,7 +114,7 @@ def generate_missing(
 
         asyncio.run(run())
     else:
-        from m3.generate import HFChatGenerator
+        from m3.model.generate import HFChatGenerator
 
         gen = HFChatGenerator(
             registry.resolve(cfg.model or ""),
@@ -223,6 +229,7 @@ def main(cfg: HealthBenchRunConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_scores(metrics, out / "scores.png")
     judge_name = judge_backend_name(cfg.judge)
+    template = grader_template_name(cfg.judge)
     summary = {
         "step": "healthbench",
         "metric": "overall_score",
@@ -231,7 +238,8 @@ def main(cfg: HealthBenchRunConfig) -> dict:
         "n_graded": len(graded),
         "n_examples": len(examples),
         "n_failed_examples": len({f["prompt_id"] for f in failures}),
-        "backend": judge_name,
+        "backend": f"{judge_name}, grader template: {template}",
+        "grader_template": template,
         "model": model_ref,
         "data": cfg.data,
         "out_dir": str(out),
@@ -245,7 +253,7 @@ def main(cfg: HealthBenchRunConfig) -> dict:
         run_name=f"healthbench-{Path(cfg.data).stem}",
         model_ref=model_ref,
         pinned=pinned,
-        tags={"m3.judge": judge_name},
+        tags={"m3.judge": judge_name, "m3.grader_template": template},
         metrics=logged,
         artifacts=[out / n for n in ("metrics.json", "graded.jsonl", "scores.png", "summary.json")],
         link={"overall_score": summary["value"], "judge": judge_name, "data": cfg.data},
@@ -253,7 +261,7 @@ def main(cfg: HealthBenchRunConfig) -> dict:
     )
     print(
         f"HealthBench {cfg.data}: overall_score {summary['value']} +- {summary['bootstrap_std']} "
-        f"({len(graded)}/{len(examples)} graded, judge {judge_name}) -> {out}"
+        f"({len(graded)}/{len(examples)} graded, judge {judge_name}, grader template {template}) -> {out}"
     )
     if failures:
         print(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from eval.healthbench.data import GradedExample
+from m3.data.healthbench import GradedExample
 from m3.judges.base import RubricItem
 
 N_BOOTSTRAP = 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from m3 import registry
 from m3.clinic.episode import DoctorReply
-from m3.generate import EndpointChat, HFChatGenerator, LocalChat
+from m3.model.generate import EndpointChat, HFChatGenerator, LocalChat
 
 
 class ChatDoctor:

@@ -6,8 +6,10 @@
 
 Each case runs the four-stage consultation (m3.clinic.episode) against the patient simulator and
 is scored by the stage verifiers (m3.clinic.verifiers):
-  station 1, inquiry:   checklist coverage weighted by criticality (trivial repeats excluded), plus
-                        four process dimensions graded by the judge: safety stratification,
+  station 1, inquiry:   coverage_weight x checklist coverage (weighted by criticality, trivial
+                        repeats excluded) + (1 - coverage_weight) x the mean of four process
+                        dimensions graded by the judge over the WHOLE inquiry (every doctor turn of
+                        the inquiry stage with the patient's answers): safety stratification,
                         clarity, association, normative output
   station 2, lab:       differential first (G_ddx reported), then tests: weighted F1 over the
                         38-category catalogue with extra weight on essential tests
@@ -29,9 +31,11 @@ from tqdm import tqdm
 from eval.common import evaluated_model, read_jsonl_resumable, record_run, repo_path, run_dir
 from eval.osce.doctors import build_doctor
 from m3 import registry
-from m3.clinic.cases import ClinicalCase, load_cases
-from m3.clinic.episode import EpisodeConfig, run_consultation
-from m3.clinic.simulator import PatientSimulator, SimulatorConfig
+from m3.clinic.case_files import read_cases
+from m3.clinic.cases import ClinicalCase
+from m3.clinic.episode import EpisodeConfig, plan_interruptions, run_consultation
+from m3.clinic.patient.config import SimulatorConfig
+from m3.clinic.patient.simulator import PatientSimulator
 from m3.clinic.steps import StepVerifierConfig, verify_steps
 from m3.clinic.transcript import Transcript
 from m3.clinic.verifiers import VerifierConfig, stage_scores
@@ -55,11 +59,14 @@ PROCESS_ITEMS = {
         5,
     ),
     "normative_output": RubricItem(
-        "Gives a structured, professional conclusion: a ranked differential, justified investigations and a "
-        "clearly stated final diagnosis.",
+        "Uses professional, normative medical communication: a courteous opening, standard terminology "
+        "explained to the patient, and a clear close of the history taking.",
         5,
     ),
 }
+# OPEN in SCAN-bench (it says "coverage ... plus process quality" without weights): coverage is
+# what the checklist measures objectively, so it carries most of the station.
+COVERAGE_WEIGHT = 0.7
 
 
 @dataclass
@@ -76,6 +83,7 @@ class OsceRunConfig:
     endpoint_model: str = "default"
     endpoint_api_key_env: str = "OPENAI_API_KEY"
     cases: str = "data/agentclinic_medqa.jsonl"
+    strict_cases: bool = False  # an unusable record fails the run instead of being skipped (and listed)
     n_cases: int | None = 5
     seed: int = 0
     out_dir: str | None = None
@@ -86,9 +94,13 @@ class OsceRunConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     steps: StepVerifierConfig = field(default_factory=StepVerifierConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    # station 1 = w * checklist coverage + (1 - w) * mean process dimension (OPEN; see COVERAGE_WEIGHT)
+    coverage_weight: float = COVERAGE_WEIGHT
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.coverage_weight <= 1.0:
+            raise ValueError(f"coverage_weight must lie in [0, 1], got {self.coverage_weight}")
         if not self.model and not self.endpoint:
             raise ValueError("set `model=models:/...` (or a directory) or `endpoint=http://.../v1`")
         if self.n_cases is not None and self.n_cases < 1:
@@ -98,31 +110,54 @@ class OsceRunConfig:
 register_schema("osce_schema", OsceRunConfig)
 
 
+def inquiry_dialogue(t: Transcript) -> tuple[list[dict], str]:
+    """What the process dimensions grade: (the opening the doctor saw, the whole inquiry).
+
+    The opening is the system prompt and the inquiry instruction with the patient's first words;
+    the inquiry is every turn of the inquiry stage after it, in order: each doctor question with the
+    patient's answer (and any interruption the doctor saw), as "Doctor: ..." / "Patient: ..." lines.
+    """
+    inquiry = [turn for turn in t.turns if turn.stage == "inquiry"]
+    first = next((i for i, turn in enumerate(inquiry) if turn.role == "doctor"), len(inquiry))
+    opening = [{"role": "system", "content": t.system_prompt}] if t.system_prompt else []
+    opening.append({"role": "user", "content": "\n\n".join(turn.text for turn in inquiry[:first])})
+    speaker = {"doctor": "Doctor", "patient": "Patient", "interrupt": "Patient", "instruction": "Instruction"}
+    lines = [f"{speaker[turn.role]}: {turn.text}" for turn in inquiry[first:]]
+    return opening, "\n".join(lines)
+
+
 async def process_scores(judge, t: Transcript) -> dict[str, float]:
-    """The four process dimensions: each a rubric item graded on the whole consultation."""
-    msgs = t.doctor_messages()
-    conversation, final = msgs[:-1], msgs[-1]["content"] if msgs else ""
-    items = list(PROCESS_ITEMS.values())
-    verdicts = await judge.grade_items(conversation, final, items)
+    """The four process dimensions: each a rubric item graded over the whole inquiry."""
+    opening, dialogue = inquiry_dialogue(t)
+    verdicts = await judge.grade_items(opening, dialogue, list(PROCESS_ITEMS.values()))
     return {k: float(bool(v.criteria_met)) for k, v in zip(PROCESS_ITEMS, verdicts, strict=True)}
 
 
-async def evaluate_case(cfg: OsceRunConfig, case: ClinicalCase, doctor, patient, judge) -> dict:
+def inquiry_station(coverage: float, process: dict[str, float], coverage_weight: float) -> float:
+    """Station 1 = w * checklist coverage + (1 - w) * mean of the process dimensions, in [0, 1]."""
+    return coverage_weight * coverage + (1.0 - coverage_weight) * sum(process.values()) / len(process)
+
+
+async def evaluate_case(
+    cfg: OsceRunConfig, case: ClinicalCase, doctor, patient, judge, interruption: str | None = None
+) -> dict:
     rng = random.Random(f"{cfg.seed}:{case.case_id}")  # per case: resumed runs replay the same draws
-    t = await run_consultation(case, doctor, patient, cfg.episode, rng)
+    t = await run_consultation(case, doctor, patient, cfg.episode, rng, interruption)
     g = stage_scores(case, t, cfg.verifier)
     violations = verify_steps(t, cfg.steps)
     kinds = [v.kind for step in violations for v in step]
+    process = await process_scores(judge, t)
     return {
         "case_id": case.case_id,
         "diagnosis": case.diagnosis.text,
         "stations": {
-            "inquiry": g.get("inquiry", 0.0),
+            "inquiry": inquiry_station(g.get("inquiry", 0.0), process, cfg.coverage_weight),
             "lab": g.get("lab", 0.0),
             "diagnosis": g.get("diagnosis", 0.0),
         },
+        "coverage": g.get("inquiry", 0.0),
         "ddx": g.get("ddx", 0.0),
-        "process": await process_scores(judge, t),
+        "process": process,
         "n_steps": len(violations),
         "violations": {k: kinds.count(k) for k in sorted(set(kinds))},
         "interrupted": t.interrupted,
@@ -138,6 +173,7 @@ def aggregate(rows: list[dict]) -> dict[str, float]:
     for s in ("inquiry", "lab", "diagnosis"):
         out[f"station_{s}"] = 100 * sum(r["stations"][s] for r in rows) / n
     out["ddx"] = 100 * sum(r["ddx"] for r in rows) / n
+    out["inquiry_coverage"] = 100 * sum(r.get("coverage", r["stations"]["inquiry"]) for r in rows) / n
     for d in PROCESS_ITEMS:
         out[f"process_{d}"] = 100 * sum(r["process"][d] for r in rows) / n
     steps = sum(r["n_steps"] for r in rows) or 1
@@ -178,13 +214,15 @@ def plot_stations(metrics: dict, out: Path) -> None:
 def main(cfg: OsceRunConfig) -> dict:
     registry.setup(cfg.tracking.experiment)
     model_ref, pinned = evaluated_model(cfg)
-    cases = load_cases(repo_path(cfg.cases))
+    found = read_cases(repo_path(cfg.cases), strict=cfg.strict_cases)
+    cases = found.cases
     if cfg.n_cases is not None:
         cases = cases[: cfg.n_cases]  # the first n: station scores stay comparable across runs
     out = run_dir(cfg, "osce", cfg.cases, model_ref)
     path = out / "cases.jsonl"
     done = {row["case_id"]: row for row in read_jsonl_resumable(path)}
     todo = [c for c in cases if c.case_id not in done]
+    plan = plan_interruptions([c.case_id for c in cases], cfg.episode, cfg.seed)  # over the evaluated set
     if todo:
         doctor, patient, judge = (
             build_doctor(cfg),
@@ -195,7 +233,7 @@ def main(cfg: OsceRunConfig) -> dict:
         async def run_all() -> None:
             try:
                 for case in tqdm(todo, desc="osce", unit="case"):
-                    row = await evaluate_case(cfg, case, doctor, patient, judge)
+                    row = await evaluate_case(cfg, case, doctor, patient, judge, plan[case.case_id])
                     with open(path, "a") as f:
                         f.write(json.dumps(row) + "\n")
                     done[case.case_id] = row
@@ -216,6 +254,7 @@ def main(cfg: OsceRunConfig) -> dict:
         "backend": backend,
         "model": model_ref,
         "value": "/".join(f"{metrics[f'station_{s}']:.1f}" for s in ("inquiry", "lab", "diagnosis")),
+        "skipped_records": found.summary()["skipped_records"],  # file:line: reason of unusable cases
         "metrics": metrics,
         "out_dir": str(out),
     }

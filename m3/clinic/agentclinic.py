@@ -31,7 +31,7 @@ from m3.clinic.cases import CaseFormatError, ClinicalCase, Demographics, Finding
 from m3.clinic.checklist import derive_checklist
 from m3.clinic.icd10 import map_diagnosis
 from m3.clinic.labs import TestResult, categorize_test, derive_tests, flatten, humanize, is_essential
-from m3.text import split_sentences
+from m3.text.lexical import split_sentences
 
 _AGE_YEARS = re.compile(r"(\d+)[- ]years?[- ]old", re.I)
 _AGE_INFANT = re.compile(r"\d+[- ](months?|weeks?|days?)[- ]old|\b(newborn|neonate|infant)\b", re.I)
@@ -105,6 +105,22 @@ def _finish(case: ClinicalCase) -> ClinicalCase:
     return case
 
 
+def _chief_complaint(symptoms: dict, actor: dict, pa: str) -> str:
+    """Symptoms.Primary_Symptom; an asymptomatic screening case (`"Symptoms": {}`) has none, so the
+    first sentence of the history stands in (what brought the patient: "a positive stool test ...")."""
+    if "Primary_Symptom" in symptoms or symptoms:
+        return _req(symptoms, "Primary_Symptom", str, f"{pa}.Symptoms").strip()
+    history = _req(actor, "History", str, pa).strip()
+    first = split_sentences(history)[:1]
+    if not first:
+        raise CaseFormatError(
+            f"{pa}.Symptoms",
+            "is empty and so is History",
+            "give a Primary_Symptom or a History to take it from",
+        )
+    return first[0].rstrip(".")
+
+
 def parse_medqa(record: dict, case_id: str, source: str, *, semantic_tests: bool = False) -> ClinicalCase:
     """One AgentClinic MedQA/OSCE record -> ClinicalCase (checklist, tests and ICD-10 derived)."""
     root = "OSCE_Examination"
@@ -144,7 +160,7 @@ def parse_medqa(record: dict, case_id: str, source: str, *, semantic_tests: bool
         source=source,
         objective=_req(osce, "Objective_for_Doctor", str, root).strip(),
         demographics=parse_demographics(_req(actor, "Demographics", str, pa)),
-        chief_complaint=_req(symptoms, "Primary_Symptom", str, f"{pa}.Symptoms").strip(),
+        chief_complaint=_chief_complaint(symptoms, actor, pa),
         history_present_illness=_req(actor, "History", str, pa).strip(),
         diagnosis=map_diagnosis(diagnosis_text.strip()),
         secondary_symptoms=[s.strip() for s in secondary if s.strip()],

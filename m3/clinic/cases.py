@@ -1,6 +1,9 @@
-"""Clinical cases for the OSCE environment: one schema, our own JSONL format, and the loader.
+"""Clinical cases for the OSCE environment: the schema and our own record format (validation).
 
-    from m3.clinic.cases import load_cases, save_cases
+Files are read and written by `m3.clinic.case_files` (load_cases, save_cases); AgentClinic records
+are parsed by `m3.clinic.agentclinic`. This module imports neither, so there is no import circle.
+
+    from m3.clinic.case_files import load_cases, save_cases
     cases = load_cases("data/agentclinic_medqa.jsonl")     # 107 ClinicalCase
     case = cases[0]
     case.chief_complaint                # 'Double vision'
@@ -24,9 +27,7 @@ its file ("agentclinic_medqa-0000" is case 0), so ids are stable as long as the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from m3.clinic.catalogue import CATEGORY_IDS, OTHER
@@ -255,74 +256,3 @@ def _from_dict(d: dict[str, Any]) -> ClinicalCase:
         test_results=tests,
         metadata=_req(d, "metadata", dict, "", optional=True, default={}),
     )
-
-
-# --- files -----------------------------------------------------------------------------------------
-
-
-def _parse_record(record: dict, stem: str, index: int, semantic_tests: bool) -> ClinicalCase:
-    # imported here because m3.clinic.agentclinic builds ClinicalCase objects from this module
-    from m3.clinic.agentclinic import is_medqa, is_nejm, parse_medqa, parse_nejm
-
-    if "schema" in record:
-        return _from_dict(record)
-    if is_medqa(record):
-        return parse_medqa(record, f"{stem}-{index:04d}", stem, semantic_tests=semantic_tests)
-    if is_nejm(record):
-        return parse_nejm(record, f"{stem}-{index:04d}", stem, semantic_tests=semantic_tests)
-    keys = ", ".join(sorted(record)[:8]) or "none"
-    raise CaseFormatError(
-        "<record>",
-        f"has an unknown layout (keys: {keys})",
-        f"expected 'OSCE_Examination' (AgentClinic MedQA), 'patient_info' + 'answers' (AgentClinic NEJM) "
-        f"or 'schema': '{SCHEMA}' (m3 format)",
-    )
-
-
-def load_cases(path: str | Path, *, semantic_tests: bool = False) -> list[ClinicalCase]:
-    """Every case in a JSONL file (formats detected per line, see the module docstring).
-    `semantic_tests=True` lets test names that match no catalogue keyword fall back to MiniLM
-    similarity (loads a model; off by default so loading stays fast and model-free)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such case file; pass a JSONL file such as data/agentclinic_medqa.jsonl"
-        )
-    cases: list[ClinicalCase] = []
-    seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); each line must hold one JSON object"
-                ) from e
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object, got {type_name(record)}; one case per line"
-                )
-            try:
-                case = _parse_record(record, path.stem, len(cases), semantic_tests)
-            except CaseFormatError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from e
-            if case.case_id in seen:
-                raise ValueError(
-                    f"{path}:{lineno}: field 'case_id' {case.case_id!r} repeats line {seen[case.case_id]} "
-                    "(case ids must be unique in a file)"
-                )
-            seen[case.case_id] = lineno
-            cases.append(case)
-    return cases
-
-
-def save_cases(cases: list[ClinicalCase], path: str | Path) -> Path:
-    """Write `cases` as JSONL in our format (UTF-8, one case per line); parent dirs are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for case in cases:
-            fh.write(json.dumps(case.to_dict(), ensure_ascii=False) + "\n")
-    return path

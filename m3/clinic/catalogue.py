@@ -4,7 +4,7 @@
     len(CATALOGUE)              # 38
     category("ct_chest").title  # 'CT chest'
 
-SCAN-bench (PAPER.md, evaluation) asks the doctor for tests "from 38 categories" and scores the order
+SCAN-bench (docs/formulas.md, evaluation) asks the doctor for tests "from 38 categories" and scores the order
 with a weighted F1; its list is not published. This one follows the usual hospital order sets (lab
 panels, microbiology, physiology, imaging by modality and region, procedures), each category with the
 synonyms that appear in AgentClinic test names.

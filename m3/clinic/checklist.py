@@ -8,7 +8,7 @@
 Order and ids (deterministic: the same case always gives the same list, ids "h1", "h2", ...):
   chief complaint (primary symptom) -> history of present illness, one fact per sentence ->
   secondary symptoms -> past medical history -> medications -> allergies -> social -> family ->
-  review of systems -> other Patient_Actor fields. Sentences come from `m3.text.split_sentences`; a
+  review of systems -> other Patient_Actor fields. Sentences come from `m3.text.lexical.split_sentences`; a
   past-medical-history or medication line that is a bare comma list ("Hypertension, Ulcerative
   Colitis") gives one fact per item. Placeholders ("Information not provided.", "N/A", "No additional
   symptoms mentioned.") are dropped; duplicates (same folded text) are kept once.
@@ -36,8 +36,8 @@ from __future__ import annotations
 import re
 
 from m3.clinic.cases import ClinicalCase, HistoryFact
-from m3.clinic.textnorm import fold
-from m3.text import split_sentences
+from m3.text.lexical import split_sentences
+from m3.text.normalize import fold
 
 # name -> regex on `fold`ed text (lowercase ASCII, punctuation -> space, American spelling).
 RED_FLAGS: dict[str, str] = {

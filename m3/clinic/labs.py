@@ -17,7 +17,7 @@ Categorisation (`categorize_test`), lexical and deterministic:
   2. No normal keyword anywhere -> the first component with a weak keyword ("Imaging", "MRI").
   3. Still nothing -> the value text is scanned with the normal keywords of 3+ letters
      ("Other_Findings: Blood smear shows ..." -> cbc).
-  4. Still nothing and `semantic=True` -> MiniLM similarity (`m3.embeddings`) between the name and every
+  4. Still nothing and `semantic=True` -> MiniLM similarity (`m3.text.embeddings`) between the name and every
      category title and keyword phrase (4+ characters); the category of the nearest phrase wins if its
      cosine >= SEMANTIC_THRESHOLD, else "other". Deterministic for a given model; off by default.
 
@@ -50,7 +50,7 @@ import numpy as np
 
 from m3.clinic.catalogue import CATALOGUE, OTHER, TestCategory
 from m3.clinic.ranges import out_of_range
-from m3.clinic.textnorm import fold, tokens
+from m3.text.normalize import fold, tokens
 
 # Cosine to the nearest catalogue phrase. At 0.6 "Spirometric testing" -> pft (0.84) and "Head computed
 # tomography" -> ct_head (0.77) pass while "Audiometry" (0.45) and "Tilt table test" (0.35) stay "other".
@@ -125,14 +125,14 @@ def categorize_test(name: str, value_text: str = "", *, semantic: bool = False) 
 def _phrase_vectors() -> tuple[np.ndarray, tuple[str, ...]]:
     """(unit vectors, owning category id) for every title and keyword phrase of 4+ characters; short
     abbreviations ("k", "na", "pt") embed as noise and are left out."""
-    from m3.embeddings import embed  # imported here: loading the model costs seconds
+    from m3.text.embeddings import embed  # imported here: loading the model costs seconds
 
     pairs = [(p, c.id) for c in CATALOGUE for p in (c.title, *c.keywords) if len(p) >= 4]
     return embed([p for p, _ in pairs]), tuple(cid for _, cid in pairs)
 
 
 def _semantic_category(text: str) -> str:
-    from m3.embeddings import embed
+    from m3.text.embeddings import embed
 
     vectors, owners = _phrase_vectors()
     sims = vectors @ embed([text])[0]

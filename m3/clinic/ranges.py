@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from m3.clinic.textnorm import tokens
+from m3.text.normalize import tokens
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """SPAR step verifier: the violation set V_j of every step z_j of a consultation, and its penalty gamma_j.
 
 A step z_j is one context turn (patient reply / stage instruction / interruption) plus one doctor turn
-(`Transcript.steps()`). SPAR (PAPER.md) scales the step's reward by gamma_j = min_{v in V_j} lambda_v
+(`Transcript.steps()`). SPAR (docs/formulas.md) scales the step's reward by gamma_j = min_{v in V_j} lambda_v
 (1.0 when V_j is empty); only the worst violation counts.
 
     from m3.clinic.steps import StepVerifierConfig, verify_steps, step_gammas, violation_rates
@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from m3.clinic.transcript import Transcript, Turn
-from m3.text import extract_quantities, is_negation_cue, keywords, split_sentences, stem, tokenize
+from m3.rl.spar import step_gamma
+from m3.text.lexical import extract_quantities, is_negation_cue, keywords, split_sentences, stem, tokenize
 
 KINDS = ("repeated_question", "unsafe_advice", "multiple_questions", "rigid_template")
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -50,8 +51,8 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 @dataclass
 class StepVerifierConfig:
-    # lambda_v: the factor on R_global of a step that commits v. PAPER.md publishes only the two ends.
-    repeated_question: float = 0.1  # PAPER.md: repetition is severe (~0.1); redundant questions are
+    # lambda_v: the factor on R_global of a step that commits v. docs/formulas.md publishes only the two ends.
+    repeated_question: float = 0.1  # docs/formulas.md: repetition is severe (~0.1); redundant questions are
     # the failure GRPO with a global reward shows, and they waste the patient's limited turns.
     unsafe_advice: float = 0.2  # ours: as severe as repetition in kind, but (a) R_global's clinical
     # rubrics already punish unsafe content, so the step penalty stacks on a low global score, and
@@ -59,7 +60,7 @@ class StepVerifierConfig:
     # gamma*R only slightly (both land far below the group mean) but ranks a sure repeat lower.
     multiple_questions: float = 0.7  # ours: the inquiry instruction asks for one question at a time and
     # a passive patient answers question batches partially, but it is a process fault, not a risk.
-    rigid_template: float = 0.9  # PAPER.md: rigid phrasing is mild (~0.9); style only.
+    rigid_template: float = 0.9  # docs/formulas.md: rigid phrasing is mild (~0.9); style only.
     # repeats: cosine on MiniLM question sentences (paraphrases 0.85-0.97; minimal pairs such as
     # left/right knee reach 0.98, hence the contrast veto); or a looser cosine with near-equal keywords
     repeat_similarity: float = 0.85
@@ -228,7 +229,7 @@ def detect_repeated_questions(
     if not pairs:
         return out  # no candidate pair: do not load the embedding model at all
     if embed_fn is None:
-        from m3.embeddings import embed as embed_fn  # lazy: sentence-transformers costs seconds
+        from m3.text.embeddings import embed as embed_fn  # lazy: sentence-transformers costs seconds
 
     texts = list(dict.fromkeys(q for _, q, _ in qs))
     vecs = np.asarray(embed_fn(texts), dtype=np.float32)  # one call for the whole transcript
@@ -451,7 +452,7 @@ def detect_unsafe_advice(transcript: Transcript, cfg: StepVerifierConfig) -> lis
 def verify_steps(
     transcript: Transcript, cfg: StepVerifierConfig | None = None, embed_fn: EmbedFn | None = None
 ) -> list[list[Violation]]:
-    """V_j for every step, in `transcript.steps()` order. `embed_fn` (default `m3.embeddings.embed`)
+    """V_j for every step, in `transcript.steps()` order. `embed_fn` (default `m3.text.embeddings.embed`)
     maps a list of texts to L2-normalised rows; it is called at most once per transcript."""
     cfg = cfg or StepVerifierConfig()
     n = len(transcript.steps())
@@ -469,13 +470,15 @@ def verify_steps(
 
 
 def step_gammas(violations: list[list[Violation]], cfg: StepVerifierConfig | None = None) -> list[float]:
-    """gamma_j = min lambda over V_j, 1.0 for an empty V_j. With `cfg`, its current lambdas and
-    `enabled` list apply (so lambdas can be swept without re-verifying); without, each Violation's own."""
-    gammas = []
-    for vs in violations:
-        lams = [v.lam if cfg is None else cfg.lam(v.kind) for v in vs if cfg is None or v.kind in cfg.enabled]
-        gammas.append(min(lams, default=1.0))
-    return gammas
+    """gamma_j of every step (`m3.rl.spar.step_gamma`) from the violations the verifier found. With
+    `cfg`, its current lambdas and `enabled` list apply (so lambdas can be swept without
+    re-verifying); without, each Violation's own lambda."""
+    return step_gamma(
+        [
+            [v.lam if cfg is None else cfg.lam(v.kind) for v in vs if cfg is None or v.kind in cfg.enabled]
+            for vs in violations
+        ]
+    )
 
 
 def violation_rates(

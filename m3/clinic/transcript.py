@@ -1,6 +1,6 @@
 """The consultation transcript: who said what, in which stage, and which step it belongs to.
 
-A consultation (SPAR, PAPER.md) runs K=4 stages: Inquiry -> DDX -> Lab -> Diagnosis. Each stage
+A consultation (SPAR, docs/formulas.md) runs K=4 stages: Inquiry -> DDX -> Lab -> Diagnosis. Each stage
 starts with a stage instruction p_k (shown to the doctor), then steps; a step z_j is one user turn
 (patient reply or instruction) followed by one doctor turn. Interruption snippets (25% of
 dialogues) are visible to the doctor only, never to the patient simulator.

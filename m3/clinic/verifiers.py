@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from m3.clinic.icd10 import icd10_relation, map_diagnosis
 from m3.clinic.labs import categorize_test
 from m3.clinic.parse import parse_final_diagnosis, parse_list
-from m3.clinic.textnorm import fold
 from m3.clinic.transcript import Transcript
+from m3.text.normalize import fold
 
 
 @dataclass
@@ -81,7 +81,7 @@ def embedding_text_match(threshold: float) -> TextMatcher:
     def match(pred: str, ref: str) -> bool:
         if fold(pred) == fold(ref):
             return True
-        from m3.embeddings import embed
+        from m3.text.embeddings import embed
 
         a, b = embed([pred, ref])
         return float(a @ b) >= threshold

@@ -1,2 +1,2 @@
 """Fact-Aware RL: claim extraction, evidence verification, the two-level claim cache and the
-denoised factuality reward with its dynamic gate (PAPER.md, Fact-Aware RL)."""
+denoised factuality reward with its dynamic gate (docs/formulas.md, Fact-Aware RL)."""

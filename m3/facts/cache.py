@@ -1,4 +1,4 @@
-"""Two-level claim-verdict cache for Fact-Aware RL (PAPER.md, Fact-Aware RL item 3).
+"""Two-level claim-verdict cache for Fact-Aware RL (docs/formulas.md, Fact-Aware RL item 3).
 
     from m3.facts.cache import CacheConfig, CachedVerifier, TwoLevelCache
     cache = TwoLevelCache.from_config(CacheConfig(l1_backend="redis"))    # or "memory"
@@ -52,9 +52,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from m3.embeddings import DIM, embed
 from m3.facts.types import ClaimVerifier, Verdict
-from m3.text import extract_quantities, negation_cues, tokenize
+from m3.text.embeddings import DIM, embed
+from m3.text.lexical import extract_quantities, negation_cues, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ _WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
 
 
 class GuardSignature(NamedTuple):
-    quantities: tuple[tuple[str, float], ...]  # sorted (unit, value) from m3.text.extract_quantities
+    quantities: tuple[tuple[str, float], ...]  # sorted (unit, value) from m3.text.lexical.extract_quantities
     numbers: tuple[str, ...]  # every number, with or without a unit ("type 2", "stage 3")
     negations: tuple[str, ...]  # sorted cues; "don't", "cannot", "isn't" all count as "not"
     contrasts: tuple[str, ...]  # sorted poles of contrast words (up/down, before/after, ...)

@@ -1,4 +1,4 @@
-"""Claim extraction for Fact-Aware RL and HealthBench-Hallu (PAPER.md, Fact-Aware RL item 1).
+"""Claim extraction for Fact-Aware RL and HealthBench-Hallu (docs/formulas.md, Fact-Aware RL item 1).
 
     from m3.facts.claims import extract_claims, OpenAIClaimExtractor, ClaimExtractorConfig
     extract_claims("Apixaban is a DOAC. It is dosed at 5 mg twice daily. Let me know if you have questions!")
@@ -6,7 +6,7 @@
     extractor = OpenAIClaimExtractor(LLMConfig(model="...", base_url="..."))
     claims = await extractor.extract(response, question=question)      # same list[Claim]
 
-Offline rules, in order, per response line and sentence (`m3.text.split_sentences`):
+Offline rules, in order, per response line and sentence (`m3.text.lexical.split_sentences`):
   1. Non-factual sentences are dropped: questions, greetings and pleasantries ("Great question",
      "I'm sorry to hear"), closers ("I hope this helps", "Let me know", "Feel free to ask"),
      disclaimers about the assistant ("I'm not a doctor", "This is not medical advice"), bare
@@ -21,7 +21,7 @@ Offline rules, in order, per response line and sentence (`m3.text.split_sentence
   4. Pronoun resolution (a heuristic): a clause starting with "It", "They", "This" or "These"
      followed by a verb gets the subject noun phrase of the previous clause instead (the words
      before its first verb). "This is because", "This means" refer to a whole statement and stay.
-  5. Fragments with fewer than `min_content_words` content words (`m3.text.keywords`) are dropped.
+  5. Fragments with fewer than `min_content_words` content words (`m3.text.lexical.keywords`) are dropped.
   6. Wrong multiple-choice options: when `question` lists options "A." .. "E.", a sentence that
      recites an option the response rejects ("Option B (warfarin) is incorrect because ...",
      "not B", "B. Warfarin" when the answer is C) is not a claim; only its reason clause
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from m3.facts.types import Claim
 from m3.llm import AsyncLLMClient, LLMConfig
-from m3.text import keywords, split_sentences
+from m3.text.lexical import keywords, split_sentences
 
 PROMPT_VERSION = "claims-prompt-v1"
 

@@ -18,7 +18,7 @@ crosses a file, prefers to cut at level-2 headings, and keeps the context a bare
   * table rows become lines "row label — column: value; column: value";
   * flowchart code blocks become one line per step; the package's tool adverts are dropped.
 Each output line of a passage is one unit (a paragraph, list item or table row), so
-`m3.text.split_sentences(passage.text)` yields the premises a verifier compares claims with.
+`m3.text.lexical.split_sentences(passage.text)` yields the premises a verifier compares claims with.
 
 Embeddings are computed once per (corpus version, embedding model) and stored as
 `<cache>/corpus/<version>/embeddings-<model tag>.npy` (with `passages.jsonl` beside it for
@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from m3.facts.types import Passage
-from m3.text import split_sentences
+from m3.text.lexical import split_sentences
 
 CHUNKER_VERSION = "md-chunk-v1"  # bump when chunking changes (it changes every passage id/text anyway)
 ENV_CACHE = "M3_CACHE_DIR"
 # Heading lines in passage text start with this, so a verifier can tell context from premises
-# (`m3.text.split_sentences` strips it, like any markdown header marker).
+# (`m3.text.lexical.split_sentences` strips it, like any markdown header marker).
 HEADING_MARK = "# "
 HEADING_SEP = " › "  # between levels of a heading path; headings themselves contain ">" ("Score > 4.0")
 
@@ -135,99 +135,136 @@ def _table_units(rows: list[str], heading: tuple[str, ...]) -> list[_Unit]:
     return out
 
 
-def _markdown_units(markdown: str, cfg: ChunkConfig = ChunkConfig()) -> list[_Unit]:
-    """Split a digest into units (headings, paragraphs, list items, table rows, flow steps)."""
-    units: list[_Unit] = []
-    path: list[tuple[int, str]] = []  # (level, text) below the H1
-    para: list[str] = []
-    table: list[str] = []
-    lead: str | None = None  # "Men:" before a list
-    pending_lead: str | None = None  # a paragraph ending in ":" not yet known to precede a list
-    parents: list[tuple[int, str | None]] = []  # (indent, label) of open list items
-    in_code = False
+def _line_kind(line: str, in_code: bool) -> str:
+    """What one (right-stripped) line of a digest is: fence, code, table, blank, heading, list or text."""
+    if line.strip().startswith("```"):
+        return "fence"
+    if in_code:
+        return "code"
+    if _TABLE_ROW.match(line):
+        return "table"
+    if not line.strip() or _RULE.match(line):
+        return "blank"
+    if _HEADING.match(line):
+        return "heading"
+    if _LIST.match(line):
+        return "list"
+    return "text"
 
-    def heading() -> tuple[str, ...]:
-        return tuple(t for _, t in path)
 
-    def flush_para(keep_lead: bool = False) -> None:
+class _UnitBuilder:
+    """The state of one pass over a digest: the heading path, the open paragraph, table and list.
+
+    `feed(raw)` classifies each line (`_line_kind`) and hands it to the method of its kind;
+    `finish()` flushes what is still open and returns the units.
+    """
+
+    def __init__(self, cfg: ChunkConfig) -> None:
+        self.cfg = cfg
+        self.units: list[_Unit] = []
+        self.path: list[tuple[int, str]] = []  # (level, text) below the H1
+        self.para: list[str] = []
+        self.table: list[str] = []
+        self.lead: str | None = None  # "Men:" before a list
+        self.pending_lead: str | None = None  # a paragraph ending in ":" not yet known to precede a list
+        self.parents: list[tuple[int, str | None]] = []  # (indent, label) of open list items
+        self.in_code = False
+
+    def heading(self) -> tuple[str, ...]:
+        return tuple(t for _, t in self.path)
+
+    def flush_para(self, keep_lead: bool = False) -> None:
         # keep_lead: a blank line may separate a lead-in from its list, so it does not end the lead.
-        nonlocal pending_lead
-        if pending_lead is not None and (para or not keep_lead):  # no list followed the lead-in
-            units.append(_Unit(pending_lead, heading()))
-            pending_lead = None
-        if not para:
+        if self.pending_lead is not None and (self.para or not keep_lead):  # no list followed the lead-in
+            self.units.append(_Unit(self.pending_lead, self.heading()))
+            self.pending_lead = None
+        if not self.para:
             return
-        text = _clean(" ".join(para))
-        para.clear()
+        text = _clean(" ".join(self.para))
+        self.para.clear()
         if not text or _ADVERT.search(text):
             return
-        if text.endswith(":") and len(text.split()) <= cfg.lead_max_words:  # maybe a list's lead-in
-            pending_lead = text
+        if text.endswith(":") and len(text.split()) <= self.cfg.lead_max_words:  # maybe a list's lead-in
+            self.pending_lead = text
         else:
-            units.append(_Unit(text, heading()))
+            self.units.append(_Unit(text, self.heading()))
 
-    def flush_table() -> None:
-        if table:
-            units.extend(_table_units(table, heading()))
-            table.clear()
+    def flush_table(self) -> None:
+        if self.table:
+            self.units.extend(_table_units(self.table, self.heading()))
+            self.table.clear()
 
-    for raw in markdown.splitlines():
+    def feed(self, raw: str) -> None:
         line = raw.rstrip()
-        if line.strip().startswith("```"):
-            flush_para()
-            flush_table()
-            in_code = not in_code
-            continue
-        if in_code:  # flowchart: one unit per step, arrows as plain separators
-            step = _clean(_ARROW.sub(" → ", line).strip(" →"))
-            if step:
-                units.append(_Unit(step, heading()))
-            continue
-        if _TABLE_ROW.match(line):
-            flush_para()
-            table.append(line)
-            continue
-        flush_table()
-        if not line.strip() or _RULE.match(line):
-            flush_para(keep_lead=True)
-            continue
+        kind = _line_kind(line, self.in_code)
+        if kind not in ("table", "code"):
+            self.flush_table()
+        getattr(self, f"_{kind}")(line, raw)
+
+    def _fence(self, line: str, raw: str) -> None:
+        self.flush_para()
+        self.in_code = not self.in_code
+
+    def _code(self, line: str, raw: str) -> None:  # flowchart: one unit per step, arrows as separators
+        step = _clean(_ARROW.sub(" → ", line).strip(" →"))
+        if step:
+            self.units.append(_Unit(step, self.heading()))
+
+    def _table(self, line: str, raw: str) -> None:
+        self.flush_para()
+        self.table.append(line)
+
+    def _blank(self, line: str, raw: str) -> None:
+        self.flush_para(keep_lead=True)
+
+    def _heading(self, line: str, raw: str) -> None:
+        self.flush_para()
         m = _HEADING.match(line)
-        if m:
-            flush_para()
-            level, text = len(m.group(1)), _clean(re.sub(r"^\d{1,2}[.)]\s+", "", m.group(2)))
-            lead, parents = None, []
-            if level == 1:  # the file title: the registry title and section already say it
-                path = []
-                continue
-            path = [(lv, t) for lv, t in path if lv < level] + [(level, text)]
-            units.append(_Unit(text, heading(), is_heading=True, level=level))
-            continue
+        level, text = len(m.group(1)), _clean(re.sub(r"^\d{1,2}[.)]\s+", "", m.group(2)))
+        self.lead, self.parents = None, []
+        if level == 1:  # the file title: the registry title and section already say it
+            self.path = []
+            return
+        self.path = [(lv, t) for lv, t in self.path if lv < level] + [(level, text)]
+        self.units.append(_Unit(text, self.heading(), is_heading=True, level=level))
+
+    def _list(self, line: str, raw: str) -> None:
+        self.flush_para(keep_lead=True)
+        if self.pending_lead is not None:
+            self.lead, self.pending_lead = self.pending_lead, None
         m = _LIST.match(line)
-        if m:
-            flush_para(keep_lead=True)
-            if pending_lead is not None:
-                lead, pending_lead = pending_lead, None
-            indent, own = len(m.group(1).expandtabs(4)), _clean(m.group(2))
-            if not own or _ADVERT.search(own):
-                continue
-            parents = [(i, lab) for i, lab in parents if i < indent]
-            prefix = parents[-1][1] if parents else lead
-            item = own
-            if prefix:  # "Men:" + "Score >= 2: ..." / "Apixaban" + "Dose Reduction: ..."
-                item = f"{prefix} {own}" if prefix.endswith(":") else f"{prefix}: {own}"
-            units.append(_Unit(item, heading()))
-            parents.append((indent, _label(own)))
-            continue
+        indent, own = len(m.group(1).expandtabs(4)), _clean(m.group(2))
+        if not own or _ADVERT.search(own):
+            return
+        self.parents = [(i, lab) for i, lab in self.parents if i < indent]
+        prefix = self.parents[-1][1] if self.parents else self.lead
+        item = own
+        if prefix:  # "Men:" + "Score >= 2: ..." / "Apixaban" + "Dose Reduction: ..."
+            item = f"{prefix} {own}" if prefix.endswith(":") else f"{prefix}: {own}"
+        self.units.append(_Unit(item, self.heading()))
+        self.parents.append((indent, _label(own)))
+
+    def _text(self, line: str, raw: str) -> None:
         stripped = line.lstrip("> ").strip()
-        if parents and raw[:1] == " " and units:  # indented continuation of the last list item
-            units[-1].text = _clean(units[-1].text + " " + stripped)
-            continue
-        if parents:  # a plain paragraph closes the list and its lead-in
-            lead, parents = None, []
-        para.append(stripped)
-    flush_para()
-    flush_table()
-    return units
+        if self.parents and raw[:1] == " " and self.units:  # indented continuation of the last list item
+            self.units[-1].text = _clean(self.units[-1].text + " " + stripped)
+            return
+        if self.parents:  # a plain paragraph closes the list and its lead-in
+            self.lead, self.parents = None, []
+        self.para.append(stripped)
+
+    def finish(self) -> list[_Unit]:
+        self.flush_para()
+        self.flush_table()
+        return self.units
+
+
+def _markdown_units(markdown: str, cfg: ChunkConfig = ChunkConfig()) -> list[_Unit]:
+    """Split a digest into units (headings, paragraphs, list items, table rows, flow steps)."""
+    builder = _UnitBuilder(cfg)
+    for raw in markdown.splitlines():
+        builder.feed(raw)
+    return builder.finish()
 
 
 # --- units -> passages -----------------------------------------------------------------------
@@ -437,7 +474,7 @@ class Corpus:
         """(n, d) float32 unit vectors of `index_text`, from disk when this version was encoded before."""
         if self._embeddings is not None:
             return self._embeddings
-        from m3.embeddings import embed, model_path
+        from m3.text.embeddings import embed, model_path
 
         tag = hashlib.sha256(str(model_path()).encode()).hexdigest()[:8]
         folder = self.cache_path()

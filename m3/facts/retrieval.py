@@ -43,7 +43,7 @@ import numpy as np
 
 from m3.facts.corpus import Corpus, passage_from_dict
 from m3.facts.types import Passage
-from m3.text import STOPWORDS, stem
+from m3.text.lexical import STOPWORDS, stem
 
 Hit = tuple[Passage, float]
 
@@ -139,7 +139,7 @@ class HybridRetriever:
     def _dense_rankings(self, queries: list[str]) -> list[list[int]]:
         if self._vecs is None or not queries:
             return [[] for _ in queries]
-        from m3.embeddings import embed
+        from m3.text.embeddings import embed
 
         sims = embed(queries) @ self._vecs.T  # both unit norm: dot product = cosine
         n = min(self.candidates, sims.shape[1])

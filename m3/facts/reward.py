@@ -4,7 +4,7 @@
     s = await reward.score(response, r_task=0.9, question=prompt)
     s.reward, s.r_fact, s.gate, s.claims, s.labels
 
-The math lives in `m3.facts.reward_math` (pure functions, PAPER.md equations). This module wires the
+The math lives in `m3.facts.reward_math` (pure functions, docs/formulas.md equations). This module wires the
 parts: claim extraction (`m3.facts.claims`), evidence retrieval over the open-medicine guideline
 corpus or user passages (`m3.facts.corpus`, `m3.facts.retrieval`, plus an optional search hook),
 verification (`m3.facts.verify`) behind the two-level cache (`m3.facts.cache`), and MiniLM
@@ -118,8 +118,8 @@ class FactAwareReward:
 
     def combine(self, response: str, r_task: float, claims: list[str], verdicts: list[Verdict]) -> FactScore:
         """R_fact over already verified claims (clusters, saliency weights), then the gated R."""
-        from m3.embeddings import embed
-        from m3.text import split_sentences
+        from m3.text.embeddings import embed
+        from m3.text.lexical import split_sentences
 
         gate = dynamic_gate(r_task, self.cfg.tau_min, self.cfg.tau_max, self.cfg.kappa)
         if not claims:

@@ -1,4 +1,4 @@
-"""The Fact-Aware reward as pure functions (PAPER.md, Fact-Aware RL, items 4 and 5).
+"""The Fact-Aware reward as pure functions (docs/formulas.md, Fact-Aware RL, items 4 and 5).
 
 Denoised factuality reward over claim clusters:
 
@@ -51,12 +51,19 @@ def cluster_claims(claim_emb_ND: np.ndarray, threshold: float) -> tuple[list[int
 
 
 def saliency_weights(rep_emb_KD: np.ndarray, sent_emb_MD: np.ndarray) -> np.ndarray:
-    """w(c*_k) = max_j cos(E(c*_k), E(s_j)) for every representative k; shape (K,)."""
+    """w(c*_k) = max(0, max_j cos(E(c*_k), E(s_j))) for every representative k; shape (K,).
+
+    Unit embeddings give cosines in [-1, 1]. The paper's w = max_j cos is a salience, and R_fact
+    divides by sum_k w_k: a negative weight would turn a refuted claim into a BONUS and could push
+    the denominator towards 0 (or below). A claim no sentence points towards has no salience, so
+    the weight is clipped at 0; R_fact then stays in [-1, 0]. (A claim is extracted from the
+    response, so in practice its best sentence is close; the clip only guards the degenerate case.)
+    """
     if rep_emb_KD.shape[0] == 0:
         return np.zeros(0, dtype=np.float64)
     if sent_emb_MD.shape[0] == 0:
         raise ValueError("saliency needs at least one response sentence")
-    return (rep_emb_KD @ sent_emb_MD.T).max(axis=1).astype(np.float64)
+    return np.maximum((rep_emb_KD @ sent_emb_MD.T).max(axis=1), 0.0).astype(np.float64)
 
 
 def fact_reward(weights_K: Sequence[float], flagged_K: Sequence[bool], eps: float = 1e-8) -> float:

@@ -60,7 +60,7 @@ from m3.facts.corpus import HEADING_MARK, HEADING_SEP
 from m3.facts.retrieval import Hit, Retriever
 from m3.facts.types import LABELS, Passage, Verdict
 from m3.llm import AsyncLLMClient, LLMConfig
-from m3.text import (
+from m3.text.lexical import (
     dimension,
     extract_quantities,
     is_negated,
@@ -125,12 +125,12 @@ _POLE = [({stem(w) for w in a.split()}, {stem(w) for w in b.split()}) for a, b i
 
 
 _YEAR = re.compile(r"^(?:19|20)\d\d$")  # "the 2023 guideline": a date, not a threshold
-# British/Latin dosing codes after a dose ("500 mg TDS"), which m3.text does not parse.
+# British/Latin dosing codes after a dose ("500 mg TDS"), which m3.text.lexical does not parse.
 _DOSING = {"OD": "once daily", "BD": "twice daily", "TDS": "three times daily", "QDS": "four times daily"}
 _DOSING_RE = re.compile(r"(?<=[\d\w]\s)(OD|BD|TDS|QDS)\b")
 
 
-# "a 3-day course", "10-year risk": durations written as adjectives, which m3.text does not parse.
+# "a 3-day course", "10-year risk": durations written as adjectives, which m3.text.lexical does not parse.
 _COMPOUND_TIME = re.compile(r"\b(\d+(?:\.\d+)?)-(minute|hour|day|week|month|year)s?\b", re.I)
 
 
@@ -188,7 +188,7 @@ def quantity_conflict(claim: str, premise: str) -> str | None:
     return None
 
 
-# "1.1.1" (a section number) makes m3.text.quantities_agree fail to parse a float: split it first.
+# "1.1.1" (a section number) makes m3.text.lexical.quantities_agree fail to parse a float: split it first.
 _DOTTED = re.compile(r"\d+(?:\.\d+){2,}")
 
 
@@ -333,7 +333,7 @@ class OfflineVerifier:
 
     def verify_sync(self, claims: list[str]) -> list[Verdict]:
         """`verify` without the event loop: retrieval, lexical pre-filter, one embedding batch."""
-        from m3.embeddings import embed
+        from m3.text.embeddings import embed
 
         hits = self.retriever.search_many(claims, self.cfg.k)
         # sim = (cos + cov) / 2 with cos <= 1, so a premise with cov < 2 * threshold - 1 can never

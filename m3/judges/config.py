@@ -18,6 +18,12 @@ from m3.judges.base import RubricJudge
 @dataclass
 class JudgeConfig:
     backend: str = "offline"  # offline | openai
+    # openai backend's prompt (m3.judges.openai_judge): m3-prefix-cache (RL rewards: shared prefix
+    # first, for the engine's prefix cache) | simple-evals (HealthBench evaluation: simple-evals'
+    # GRADER_TEMPLATE verbatim, comparable with published numbers)
+    template: str = "m3-prefix-cache"
+    # simple-evals template only: its grading sampler's system message (None: the user message alone)
+    system_message: str | None = "You are a helpful assistant."
     model: str = "gpt-4.1"
     base_url: str | None = None  # None: $M3_LLM_BASE_URL, else the openai client's default
     api_key_env: str = "OPENAI_API_KEY"
@@ -29,6 +35,16 @@ class JudgeConfig:
     cache_path: str | None = "mlruns/judge_cache.sqlite"
     temperature: float = 0.0
     max_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.template not in ("m3-prefix-cache", "simple-evals"):
+            raise ValueError(f"judge.template must be m3-prefix-cache or simple-evals, got {self.template!r}")
+
+
+def simple_evals_judge() -> JudgeConfig:
+    """The HealthBench evaluation grader: simple-evals' template, temperature 0.5 and 2048 tokens
+    as its gpt-4.1 grading sampler (the offline backend ignores all three)."""
+    return JudgeConfig(template="simple-evals", temperature=0.5, max_tokens=2048)
 
 
 def build_rubric_judge(cfg: JudgeConfig) -> RubricJudge:
@@ -42,7 +58,9 @@ def build_rubric_judge(cfg: JudgeConfig) -> RubricJudge:
 
         kwargs = {} if cfg.base_url is None else {"base_url": cfg.base_url}
         return OpenAIRubricJudge(
-            LLMConfig(
+            template=cfg.template,
+            system_message=cfg.system_message,
+            cfg=LLMConfig(
                 model=cfg.model,
                 api_key_env=cfg.api_key_env,
                 max_concurrency=cfg.max_concurrency,
@@ -54,9 +72,14 @@ def build_rubric_judge(cfg: JudgeConfig) -> RubricJudge:
                 temperature=cfg.temperature,
                 max_tokens=cfg.max_tokens,
                 **kwargs,
-            )
+            ),
         )
     raise ValueError(f"judge.backend must be 'offline' or 'openai', got {cfg.backend!r}")
+
+
+def grader_template_name(cfg: JudgeConfig) -> str:
+    """The prompt that graded: the template name (openai backend), or that no prompt was used."""
+    return cfg.template if cfg.backend == "openai" else "none (offline judge)"
 
 
 def judge_backend_name(cfg: JudgeConfig) -> str:

@@ -15,7 +15,7 @@ are never mistaken for GPT-4.1-graded HealthBench scores.
 
 How an item is graded. The rubric scaffolding ("Advises the patient to", "Recommends", "States
 that", "Fails to", "Does not", ...) is stripped; what is left is the content X, its keywords
-(`m3.text.keywords`, stemmed) and any quantities (`m3.text.extract_quantities`). The response is
+(`m3.text.lexical.keywords`, stemmed) and any quantities (`m3.text.lexical.extract_quantities`). The response is
 split into sentences and X is embedded together with them in one batch. Then, by sign and phrasing:
 
   * points >= 0, "Recommends X"        presence: met when X is present
@@ -27,7 +27,7 @@ split into sentences and X is embedded together with them in one batch. Then, by
                  whole response >= cov_threshold), the matching sentence does not flip X's polarity
                  ("You do not need emergency care" does not present "seek emergency care"), and every
                  quantity in X (a dose, a temperature) appears in the response (5 mg != 50 mg;
-                 `m3.text.quantities_agree`).
+                 `m3.text.lexical.quantities_agree`).
   mentioned(X) = one sentence with cosine >= neg_threshold AND >= mention_min_overlap of X's keywords
                  AND the same polarity as X (so "Antibiotics will not help" does not mention
                  "antibiotics for a viral infection") AND X's quantities in that sentence.
@@ -39,11 +39,11 @@ Details: "(Justification: ...)" notes for human graders are dropped; parenthetic
 ..." lists count as one keyword that any listed example satisfies; headers ("Epinephrine:") and
 one-word fragments never serve as the matching sentence (they embed close to anything on topic).
 
-Limits: English; negation is a token-window heuristic (`m3.text.is_negated`); criteria about style
+Limits: English; negation is a token-window heuristic (`m3.text.lexical.is_negated`); criteria about style
 ("Is concise", "Uses simple language"), about what the user said, or HealthBench's long
 cluster-level instructions ("Judge whether the completion ...") are effectively guesses; long
 list-like criteria ("mentions A, B, C and D") rely on keyword coverage; the quantity gate can miss
-a notation `m3.text` does not parse. Thresholds were set on hand-built pairs (see tests), not fitted
+a notation `m3.text.lexical` does not parse. Thresholds were set on hand-built pairs (see tests), not fitted
 to grader labels. Speed is MiniLM on CPU: a HealthBench response of ~30 sentences with ~12 items
 takes about a second on 2 cores (later calls reuse cached sentence vectors).
 """
@@ -56,9 +56,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from m3 import embeddings
 from m3.judges.base import ItemVerdict, RubricItem
-from m3.text import (
+from m3.text import embeddings
+from m3.text.lexical import (
     extract_quantities,
     is_negated,
     is_negation_cue,

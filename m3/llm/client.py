@@ -386,13 +386,20 @@ class AsyncLLMClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
         extra: dict | None = None,
+        parse: Callable[[str], dict] | None = None,
+        reask: str = "correct",
     ) -> JsonResult:
         """A JSON-object answer, validated by `validate` (raise ValueError on schema errors).
 
-        Invalid answers are re-asked up to `json_retries` times (the bad answer and a correction are
-        appended to the conversation); then the result carries error "invalid_json: ...". Only
-        answers that validated are cached.
+        Invalid answers are re-asked up to `json_retries` times, then the result carries error
+        "invalid_json: ...". reask="correct" appends the bad answer and a correction to the
+        conversation; reask="resend" sends the same messages again (simple-evals' grader loop, which
+        relies on sampling temperature for a different answer). `parse` turns the answer text into a
+        dict (default `parse_json_object`: the first JSON object, fences stripped). Only answers that
+        validated are cached.
         """
+        if reask not in ("correct", "resend"):
+            raise ValueError(f"reask must be 'correct' or 'resend', got {reask!r}")
         _check_messages(messages)
         params = self._params(max_tokens, temperature, extra)
         key = self._key_for("json", messages, params)
@@ -400,7 +407,7 @@ class AsyncLLMClient:
             hit = self.cache.get(key)
             if hit is not None:
                 try:  # re-validated: the cached answer may come from another validator
-                    data = _parse_and_validate(hit.text, validate)
+                    data = _parse_and_validate(hit.text, validate, parse)
                     return JsonResult(data=data, attempts=0, raw_text=hit.text, cached=True, usage=hit.usage)
                 except ValueError as e:
                     log.info("cached answer %s rejected by this validator (%s); asking again", key[:12], e)
@@ -418,7 +425,7 @@ class AsyncLLMClient:
                 )
             text = result.text
             try:
-                data = _parse_and_validate(text, validate)
+                data = _parse_and_validate(text, validate, parse)
             except ValueError as e:
                 problem = str(e)
                 if ask < self.cfg.json_retries:
@@ -426,10 +433,11 @@ class AsyncLLMClient:
                     log.info(
                         "invalid JSON answer (ask %d/%d): %s", ask + 1, self.cfg.json_retries + 1, problem
                     )
-                conversation = conversation + [
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": _CORRECTION.format(problem=problem)},
-                ]
+                if reask == "correct":
+                    conversation = conversation + [
+                        {"role": "assistant", "content": text},
+                        {"role": "user", "content": _CORRECTION.format(problem=problem)},
+                    ]
                 continue
             if key is not None and self.cache is not None:
                 self.cache.put(key, model=self.cfg.model, text=text, usage=result.usage)
@@ -469,8 +477,10 @@ def _check_messages(messages: Messages) -> None:
             raise ValueError(f"each message needs 'role' and 'content', got {m!r}")
 
 
-def _parse_and_validate(text: str, validate: Validator | None) -> dict:
-    data = parse_json_object(text)
+def _parse_and_validate(
+    text: str, validate: Validator | None, parse: Callable[[str], dict] | None = None
+) -> dict:
+    data = (parse or parse_json_object)(text)
     if validate is None:
         return data
     try:

@@ -11,10 +11,10 @@ import mlflow
 import pytest
 
 from eval.healthbench import run
-from eval.healthbench.data import GradedExample, load_examples
 from eval.healthbench.scoring import score_graded
 from m3 import registry
 from m3.config import compose
+from m3.data.healthbench import GradedExample, load_examples
 from tests.fakes.openai_server import FakeOpenAIServer, Fault, json_answer
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "healthbench_sample30.jsonl"
@@ -27,11 +27,10 @@ def rule(criterion: str) -> bool:
 
 
 def responder(request: dict) -> str:
-    messages = request["messages"]
-    if messages[0]["role"] == "system" and "grading" in messages[0]["content"]:
-        item = re.search(
-            r"# Rubric item\n\[-?\d+(?:\.\d+)?\] (.*?)\n\n# Instructions", messages[1]["content"], re.S
-        )
+    """A scripted grader for simple-evals' GRADER_TEMPLATE (the evaluation's default); else the answer."""
+    last = request["messages"][-1]["content"]
+    if last.startswith("Your job is to look at a conversation and a rubric item"):
+        item = re.search(r"# Rubric item\n\[-?\d+(?:\.\d+)?\] (.*?)\n\n# Instructions", last, re.S)
         return json_answer(explanation="scripted", criteria_met=rule(item.group(1)))
     return ANSWER
 
@@ -76,12 +75,14 @@ def test_grade_then_score_over_http_with_faults(mlflow_store, tmp_path, fast_bac
     metrics = json.loads((tmp_path / "hb" / "metrics.json").read_text())
     assert metrics == expected_metrics()  # the whole path equals scoring the scripted verdicts
     assert summary["n_graded"] == 30 and summary["n_failed_examples"] == 0
-    assert summary["backend"] == "openai:fake-model"
+    assert summary["backend"] == "openai:fake-model, grader template: simple-evals"
+    assert summary["grader_template"] == "simple-evals"
     assert (tmp_path / "hb" / "scores.png").stat().st_size > 10_000
     # the logged run carries the metrics and the judge backend, never the key
     runs = mlflow.search_runs(experiment_names=["m3"], output_format="list")
     assert runs[0].data.metrics["overall_score"] == pytest.approx(metrics["overall_score"])
     assert runs[0].data.tags["m3.judge"] == "openai:fake-model"
+    assert runs[0].data.tags["m3.grader_template"] == "simple-evals"
     assert "not-a-real-key" not in json.dumps(runs[0].data.params)
 
     # re-running the same command grades nothing twice and calls nothing at all
@@ -132,4 +133,4 @@ def test_offline_judge_on_tiny_model(mlflow_store, tiny_dir, tmp_path):
     # the evaluated model version links to the eval run
     mv = registry.get_version("models:/m3-base@candidate")
     link = json.loads(mv.tags["m3.eval.healthbench"])
-    assert link["overall_score"] == summary["value"] and link["judge"] == summary["backend"]
+    assert link["overall_score"] == summary["value"] and summary["backend"].startswith(link["judge"])

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 
 from eval.healthbench.__main__ import main
-from eval.healthbench.data import GradedExample, HealthBenchExample
 from eval.healthbench.scoring import (
     aggregate,
     bootstrap_std,
@@ -31,6 +30,7 @@ from eval.healthbench.scoring import (
     example_metrics,
     score_graded,
 )
+from m3.data.healthbench import GradedExample, HealthBenchExample
 from m3.judges.base import RubricItem
 
 REPO = Path(__file__).parents[2]
@@ -238,7 +238,7 @@ def test_score_cli_missing_file_and_bad_json(tmp_path):
 
 def test_score_on_real_records_with_all_met_positive_items():
     # Meet exactly the positive items of the 30 real records: every score is 1, every key is 1.
-    from eval.healthbench.data import load_examples
+    from m3.data.healthbench import load_examples
 
     examples = load_examples(REPO / "data" / "healthbench_sample30.jsonl")
     gs = [GradedExample(e, "x", [r.points > 0 for r in e.rubrics]) for e in examples]

@@ -87,3 +87,49 @@ def test_aggregate_by_hand():
     m = run.aggregate(rows)
     assert m["station_inquiry"] == pytest.approx(37.5) and m["station_diagnosis"] == pytest.approx(40.0)
     assert m["ddx"] == pytest.approx(75.0) and m["violation_rate_repeated_question"] == pytest.approx(1 / 8)
+
+
+def _consultation():
+    from m3.clinic.transcript import Transcript
+
+    t = Transcript("c1", "You are a doctor.")
+    t.add("instruction", "Stage 1 - Inquiry. Patient: I see double.", "inquiry")
+    t.add("doctor", "When did it start?", "inquiry")
+    t.add("patient", "Two months ago.", "inquiry")
+    t.add("interrupt", "Is it cancer, doctor?", "inquiry")
+    t.add("doctor", "It is unlikely; does it get worse in the evening?", "inquiry")
+    t.add("patient", "Yes, much worse.", "inquiry")
+    t.add("instruction", "Stage 2 - DDX.", "ddx")
+    t.add("doctor", "1. Myasthenia gravis", "ddx")
+    return t
+
+
+def test_process_dimensions_grade_the_whole_inquiry():
+    import asyncio
+
+    seen = []
+
+    class RecordingJudge:
+        async def grade_items(self, conversation, response, items):
+            from m3.judges.base import ItemVerdict
+
+            seen.append((conversation, response))
+            return [ItemVerdict(True) for _ in items]
+
+    scores = asyncio.run(run.process_scores(RecordingJudge(), _consultation()))
+    assert scores == dict.fromkeys(run.PROCESS_ITEMS, 1.0)
+    conversation, graded = seen[0]
+    assert conversation == [
+        {"role": "system", "content": "You are a doctor."},
+        {"role": "user", "content": "Stage 1 - Inquiry. Patient: I see double."},
+    ]
+    assert graded == (
+        "Doctor: When did it start?\nPatient: Two months ago.\nPatient: Is it cancer, doctor?\n"
+        "Doctor: It is unlikely; does it get worse in the evening?\nPatient: Yes, much worse."
+    )  # every doctor turn of the inquiry with the answers; nothing of the later stages
+
+
+def test_inquiry_station_combines_coverage_and_process_by_hand():
+    process = {"safety_stratification": 1.0, "clarity": 1.0, "association": 0.0, "normative_output": 0.0}
+    assert run.inquiry_station(0.6, process, 0.7) == pytest.approx(0.7 * 0.6 + 0.3 * 0.5)
+    assert run.inquiry_station(0.6, process, 1.0) == pytest.approx(0.6)  # coverage only

@@ -79,7 +79,7 @@ def test_base_command_registers_then_skips(mlflow_store, capsys):
 
 
 def test_base_rejects_pickled_weights(tmp_path):
-    from m3.base import check_safetensors_only
+    from m3.model.base import check_safetensors_only
 
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="safetensors only"):

@@ -8,17 +8,16 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
-from m3.agent_loop import EpisodeSpec
-from stage1_expert_rl.data import (
-    build_rows,
+from m3.data.prompts import (
     constraints_of,
     data_hash,
     generate_general,
     load_general,
-    main,
     split_rows,
     write_parquet,
 )
+from m3.rl.agent_loop import EpisodeSpec
+from stage1_expert_rl.data import build_rows, main
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 INPUTS = {
@@ -108,7 +107,7 @@ def test_verl_rlhf_dataset_reads_the_parquet(tmp_path):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from m3.tokenizer import build_qwen3_tokenizer
+    from m3.model.tokenizer import build_qwen3_tokenizer
 
     rows = build_rows("healthcare", str(INPUTS["healthcare"]), 0, 0)[:4]
     write_parquet(rows, tmp_path / "hc.parquet")

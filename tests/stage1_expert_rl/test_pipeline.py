@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from m3.clinic.cases import load_cases
+from m3.clinic.case_files import load_cases
 from m3.clinic.episode import EpisodeConfig, start
-from m3.clinic.simulator import PatientSimulator
+from m3.clinic.patient.simulator import PatientSimulator
 from m3.clinic.transcript import Transcript
 from stage1_expert_rl.pipeline import PipelineConfig, PipelineScheduler
 
@@ -91,7 +91,7 @@ def test_context_is_carried_into_the_next_stage(cases):
     assert row["extra_info"]["transcript"] == ddx.transcript
     assert row["prompt"][: len(t1.doctor_messages())] == t1.doctor_messages()
     # the agent loop accepts the row: the transcript reached exactly the stages before "ddx"
-    from m3.agent_loop import EpisodeSpec
+    from m3.rl.agent_loop import EpisodeSpec
 
     spec = EpisodeSpec.from_extra_info(row["extra_info"])
     assert spec.stages == ("ddx",) and spec.prior is not None

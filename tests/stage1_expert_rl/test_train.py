@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from m3 import registry
 from m3.config import compose
-from m3.engine import LocalEngine, LocalRLConfig
+from m3.rl.engine import LocalEngine, LocalRLConfig
 from stage1_expert_rl import train
 
 CONSTRAINTS = [{"type": "max_words", "value": 3}, {"type": "lowercase"}]
@@ -54,12 +54,10 @@ def test_checkpoint_resumes(tiny_dir, tmp_path):
 
 
 def test_consultation_rollout_carries_spar_rewards(tiny_dir, tmp_path):
-    from m3.clinic.cases import load_cases
-    from m3.spar import decode_step_rewards
-    from stage1_expert_rl.data import inquiry_rows
+    from m3.data.prompts import domain_rows
+    from m3.rl.spar import decode_step_rewards
 
-    row = inquiry_rows(load_cases(train.REPO_ROOT / "data" / "agentclinic_medqa.jsonl")[:1])[0]
-    row["extra_info"]["episode"] = {"max_inquiry_turns": 2}
+    row = domain_rows("inquiry", 1, max_inquiry_turns=2)[0]
     engine = LocalEngine(
         tiny_dir, LocalRLConfig(group_size=2, max_new_tokens=6, max_response_length=512), tmp_path
     )
@@ -126,8 +124,8 @@ def test_cluster_dry_run_prints_validated_ray_command(
             "expert=healthcare",
             "scale=cluster",
             "dry_run=true",
-            f"cluster_backend={backend}",
-            f"cluster_size={size}",
+            f"scale.backend={backend}",
+            f"model={size}",
             f"out_dir={tmp_path / 'c'}",
         ],
     )

@@ -16,12 +16,12 @@ from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 from verl.utils.import_utils import load_extern_type
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-from m3.clinic.cases import load_cases
+from m3.clinic.case_files import load_cases
 from m3.clinic.transcript import STAGES, Transcript
-from m3.tokenizer import build_qwen3_tokenizer
-from m3.verl_config import compose_verl_config
+from m3.data.prompts import inquiry_rows, write_parquet
+from m3.model.tokenizer import build_qwen3_tokenizer
+from m3.rl.verl_config import compose_verl_config
 from stage1_expert_rl import verl_pipeline as vp
-from stage1_expert_rl.data import inquiry_rows, write_parquet
 
 CASES = Path(__file__).resolve().parents[2] / "data" / "agentclinic_medqa.jsonl"
 B = 4  # data.train_batch_size of these tests
@@ -152,7 +152,7 @@ def test_batches_follow_the_scheduler_and_the_gate(setup, monkeypatch):
     carried = Transcript.from_dict(b2["extra_info"][0]["transcript"])
     assert carried.turns[-1].text.endswith("score 0.9")  # the group's best rollout is carried
     assert b2["raw_prompt"][0][-1]["content"].endswith("score 0.9")  # ... and is the prompt so far
-    from m3.agent_loop import EpisodeSpec
+    from m3.rl.agent_loop import EpisodeSpec
 
     assert EpisodeSpec.from_extra_info(b2["extra_info"][0]).stages == ("ddx",)  # the agent loop accepts it
 
@@ -230,7 +230,7 @@ def test_cluster_dry_run_carries_the_pipeline_overrides(tmp_path, capsys):
 
     from verl.utils.dataset.rl_dataset import get_dataset_class
 
-    from m3.verl_config import compose_verl_base, validate
+    from m3.rl.verl_config import compose_verl_base, validate
 
     argv = shlex.split(cmd)
     base = argv[argv.index("verl.trainer.main_ppo") + 1].removeprefix("--config-name=")

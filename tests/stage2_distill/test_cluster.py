@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 
 from m3 import registry
 from m3.config import compose
-from m3.verl_config import compose_verl_base
+from m3.data.prompts import DOMAINS
+from m3.rl.verl_config import compose_verl_base
 from stage2_distill import train, verl_sft
-from stage2_distill.rollouts import DOMAINS
 
 
 def test_cluster_dry_run_prints_teacher_jobs_and_the_validated_sft_job(
@@ -27,8 +27,8 @@ def test_cluster_dry_run_prints_teacher_jobs_and_the_validated_sft_job(
         [
             "scale=cluster",
             "dry_run=true",
-            "cluster_backend=megatron",
-            "cluster_size=qwen3_235b_a22b",
+            "scale.backend=megatron",
+            "model=qwen3_235b_a22b",
             "cluster_prompts_per_domain=3",
             "loss=fkl",
             "mixture.general=0.5",

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from m3 import registry
 from m3.config import compose
-from m3.tiny import write_tiny_checkpoint
+from m3.model.tiny import write_tiny_checkpoint
 from stage2_distill import train
 from stage2_distill.rollouts import read_records
 

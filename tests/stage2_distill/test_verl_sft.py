@@ -145,7 +145,7 @@ def test_fsdp2_config_validates_with_verls_dataclasses(tiny_dir):
 
 
 def test_megatron_config_validates_and_round_trips():
-    from m3.verl_config import compose_verl_base
+    from m3.rl.verl_config import compose_verl_base
 
     cfg = verl_sft.compose("megatron", ["m3_distill.loss=fkl"])
     built = verl_sft.validate(cfg)

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from m3.engine import LocalRLConfig
+from m3.data.prompts import domain_rows
+from m3.rl.engine import LocalRLConfig
 from stage2_distill import vllm_teacher as vt
 from stage2_distill.rollouts import teacher_samples
-from stage2_distill.train import domain_rows
 
 
 # Stand-ins with vLLM's attribute names (vllm/outputs.py, vllm/logprobs.py)
@@ -112,9 +112,9 @@ def test_consultation_records_through_the_agent_loop(tiny_dir):
     """Inquiry: the m3_consultation loop on a verl-style server (LocalServer standing in for vLLM)."""
     from transformers import AutoTokenizer
 
-    from m3.local_server import LocalServer
+    from m3.rl.local_server import LocalServer
 
-    rows = domain_rows("inquiry", 1)  # max_inquiry_turns 3: short consultations
+    rows = domain_rows("inquiry", 1, max_inquiry_turns=3)  # short consultations
     server = LocalServer(tiny_dir, seed=0, default_max_tokens=4)
     (rec,) = vt.consultation_records(
         server, AutoTokenizer.from_pretrained(tiny_dir), "qwen3_moe", rows,

@@ -7,10 +7,10 @@ import torch
 
 from m3 import registry
 from m3.config import compose
-from m3.engine import LocalEngine, LocalRLConfig, response_logprobs
-from m3.tiny import write_tiny_checkpoint
+from m3.data.prompts import DOMAINS, domain_rows
+from m3.model.tiny import write_tiny_checkpoint
+from m3.rl.engine import LocalEngine, LocalRLConfig, response_logprobs
 from stage3_mopd import train
-from stage3_mopd.data import DOMAINS, domain_rows
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def test_cluster_dry_run_composes_a_validated_mopd_job(mlflow_store, tiny_dir, t
         [
             "scale=cluster",
             "dry_run=true",
-            "cluster_backend=megatron",
-            "cluster_size=qwen3_235b_a22b",
+            "scale.backend=megatron",
+            "model=qwen3_235b_a22b",
             "cluster_prompts_per_domain=4",
             "alpha=0.5",
             f"out_dir={tmp_path / 'c'}",

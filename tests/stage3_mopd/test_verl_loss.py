@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from m3.verl_config import compose_verl_config, validate
+from m3.rl.verl_config import compose_verl_config, validate
 from stage3_mopd.losses import mopd_loss
 from stage3_mopd.verl_loss import MOPDLossConfig, check_config
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from m3.clinic.agentclinic import parse_demographics
-from m3.clinic.cases import ClinicalCase, Demographics, Finding, HistoryFact, load_cases, save_cases
+from m3.clinic.case_files import load_cases, read_cases, save_cases
+from m3.clinic.cases import ClinicalCase, Demographics, Finding, HistoryFact
 from m3.clinic.catalogue import CATALOGUE, CATEGORY_IDS, category
 from m3.clinic.checklist import derive_checklist, red_flags, split_facts
 from m3.clinic.labs import TestResult, categorize_test, essential_reason
+from m3.config import REPO_ROOT
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "agentclinic_medqa.jsonl"
 
@@ -268,7 +270,7 @@ def test_nejm_record_loads(tmp_path):
     assert c.metadata["options"] == ["Pulmonary alveolar proteinosis", "Pulmonary Sarcoidosis"]
 
 
-# --- malformed records -----------------------------------------------------------------------------
+# --- malformed records (strict=True: the first one fails the file) ----------------------------------
 
 
 def test_missing_field_names_file_line_and_field(tmp_path):
@@ -276,7 +278,7 @@ def test_missing_field_names_file_line_and_field(tmp_path):
     del rec["OSCE_Examination"]["Patient_Actor"]["History"]
     path = _write(tmp_path, json.dumps(_medqa_record()), json.dumps(rec))
     with pytest.raises(ValueError) as e:
-        load_cases(path)
+        load_cases(path, strict=True)
     assert str(e.value).startswith(
         f"{path}:2: field 'OSCE_Examination.Patient_Actor.History' missing (add it"
     )
@@ -288,38 +290,68 @@ def test_wrong_type_names_the_field(tmp_path):
     with pytest.raises(
         ValueError, match=r":1: field 'OSCE_Examination.Patient_Actor.History' must be a string, got list"
     ):
-        load_cases(_write(tmp_path, json.dumps(rec)))
+        load_cases(_write(tmp_path, json.dumps(rec)), strict=True)
 
 
 def test_invalid_json_and_non_objects(tmp_path):
     with pytest.raises(ValueError, match=r"cases.jsonl:3: invalid JSON"):
-        load_cases(_write(tmp_path, json.dumps(_medqa_record()), "", '{"OSCE_Examination": '))
+        load_cases(_write(tmp_path, json.dumps(_medqa_record()), "", '{"OSCE_Examination": '), strict=True)
     with pytest.raises(ValueError, match=r":1: expected a JSON object, got list"):
-        load_cases(_write(tmp_path, "[1, 2]"))
+        load_cases(_write(tmp_path, "[1, 2]"), strict=True)
     with pytest.raises(ValueError, match=r":1: field '<record>' has an unknown layout \(keys: foo\)"):
-        load_cases(_write(tmp_path, '{"foo": 1}'))
+        load_cases(_write(tmp_path, '{"foo": 1}'), strict=True)
 
 
 def test_nejm_needs_exactly_one_correct_answer(tmp_path):
     rec = dict(NEJM, answers=[{"text": "A", "correct": True}, {"text": "B", "correct": True}])
     with pytest.raises(ValueError, match=r":1: field 'answers' has 2 options marked correct"):
-        load_cases(_write(tmp_path, json.dumps(rec)))
+        load_cases(_write(tmp_path, json.dumps(rec)), strict=True)
 
 
 def test_own_format_errors(tmp_path, cases):
     d = cases[0].to_dict()
     d["history"][0]["criticality"] = 3
     with pytest.raises(ValueError, match=r":1: field 'history\[0\].criticality' is 3 \(use 1"):
-        load_cases(_write(tmp_path, json.dumps(d)))
+        load_cases(_write(tmp_path, json.dumps(d)), strict=True)
     d = cases[0].to_dict()
     d["test_results"][0]["essential"] = "yes"
     with pytest.raises(
         ValueError, match=r"field 'test_results\[0\].essential' must be true or false, got str"
     ):
-        load_cases(_write(tmp_path, json.dumps(d)))
+        load_cases(_write(tmp_path, json.dumps(d)), strict=True)
     line = json.dumps(cases[0].to_dict())
     with pytest.raises(ValueError, match=r":2: field 'case_id' 'agentclinic_medqa-0000' repeats line 1"):
-        load_cases(_write(tmp_path, line, line))
+        load_cases(_write(tmp_path, line, line), strict=True)
+
+
+def test_unusable_records_are_skipped_with_line_and_reason(tmp_path):
+    rec = _medqa_record()
+    del rec["OSCE_Examination"]["Correct_Diagnosis"]
+    path = _write(
+        tmp_path, json.dumps(_medqa_record()), "{broken", json.dumps(rec), json.dumps(_medqa_record())
+    )
+    found = read_cases(path)
+    assert [c.case_id for c in found.cases] == ["cases-0000", "cases-0003"]  # ids count records, not cases
+    assert [line for line, _ in found.skipped] == [2, 3]
+    assert "invalid JSON" in found.skipped[0][1] and "Correct_Diagnosis" in found.skipped[1][1]
+    assert found.summary()["skipped"] == 2 and found.summary()["skipped_records"][0].startswith(f"{path}:2: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "n"),
+    [("agentclinic_medqa", 107), ("agentclinic_medqa_extended", 214), ("agentclinic_nejm", 15),
+     ("agentclinic_nejm_extended", 120)],
+)  # fmt: skip
+def test_every_record_of_the_four_agentclinic_files_loads(name, n):
+    found = read_cases(REPO_ROOT / "data" / f"{name}.jsonl", strict=True)
+    assert len(found.cases) == n and not found.skipped
+
+
+def test_asymptomatic_screening_case_takes_its_complaint_from_the_history():
+    """MedQA-extended line 132: `"Symptoms": {}` (a positive stool test found at screening)."""
+    case = read_cases(REPO_ROOT / "data" / "agentclinic_medqa_extended.jsonl", strict=True).cases[131]
+    assert case.chief_complaint.startswith("The patient presents for a follow-up visit")
+    assert "fecal occult blood" in case.chief_complaint and case.history[0].category == "chief_complaint"
 
 
 # --- our format ------------------------------------------------------------------------------------
@@ -351,7 +383,7 @@ def test_mixed_formats_in_one_file(tmp_path, cases):
 def test_semantic_fallback_only_when_lexical_fails(monkeypatch):
     """The MiniLM fallback with a stand-in embedder (the real model costs ~15 s on 2 CPUs; checked by
     hand: "Spirometric testing" -> pft at cosine 0.84, "Audiometry" -> other at 0.45)."""
-    import m3.embeddings
+    import m3.text.embeddings
     from m3.clinic import labs
 
     def fake_embed(texts):
@@ -361,7 +393,7 @@ def test_semantic_fallback_only_when_lexical_fails(monkeypatch):
             out[i, axis.get(t, 0)] = 1.0
         return out
 
-    monkeypatch.setattr(m3.embeddings, "embed", fake_embed)
+    monkeypatch.setattr(m3.text.embeddings, "embed", fake_embed)
     labs._phrase_vectors.cache_clear()
     try:
         assert categorize_test("Lung capacity check") == "other"  # no keyword

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from m3.clinic.cases import load_cases
+from m3.clinic.case_files import load_cases
 from m3.clinic.icd10 import Diagnosis, icd10_relation, map_diagnosis
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "agentclinic_medqa.jsonl"

@@ -13,21 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from m3 import embeddings
-from m3.clinic.cases import load_cases
+from m3.clinic.case_files import load_cases
 from m3.clinic.episode import EpisodeConfig, PatientReply, run_inquiry
-from m3.clinic.simulator import (
-    INTERRUPTIONS,
-    PARENT_INTERRUPTIONS,
-    PatientSimulator,
-    SimulatorConfig,
-    check_reply,
-    termination_gate,
-)
-from m3.clinic.simulator_offline import DONT_KNOW, first_person
-from m3.clinic.textnorm import fold, tokens
+from m3.clinic.patient.config import SimulatorConfig
+from m3.clinic.patient.guards import check_reply, termination_gate
+from m3.clinic.patient.persona import DONT_KNOW, INTERRUPTIONS, PARENT_INTERRUPTIONS, first_person
+from m3.clinic.patient.simulator import PatientSimulator
 from m3.clinic.transcript import Transcript
-from m3.text import extract_quantities, same_quantity
+from m3.text import embeddings
+from m3.text.lexical import extract_quantities, same_quantity
+from m3.text.normalize import fold, tokens
 from tests.fakes.openai_server import FakeOpenAIServer, Fault
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "agentclinic_medqa.jsonl"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from m3.clinic.cases import load_cases
+from m3.clinic.case_files import load_cases
 from m3.clinic.transcript import Transcript
 from m3.clinic.verifiers import VerifierConfig, lab_f1, stage_scores
 

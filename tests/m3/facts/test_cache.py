@@ -15,7 +15,6 @@ import time
 import pytest
 import redis
 
-from m3.embeddings import cosine, embed
 from m3.facts.cache import (
     DEFAULT_L2_THRESHOLD,
     CacheConfig,
@@ -28,6 +27,7 @@ from m3.facts.cache import (
     normalize_claim,
 )
 from m3.facts.types import Verdict
+from m3.text.embeddings import cosine, embed
 
 PARAPHRASE = ("Aspirin reduces the risk of heart attack", "Aspirin lowers heart attack risk")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import m3.embeddings
+import m3.text.embeddings
 from m3.facts.corpus import (
     HEADING_MARK,
     ChunkConfig,
@@ -169,7 +169,7 @@ def test_embeddings_are_cached_on_disk_by_version(hybrid, cache_dir, monkeypatch
     def no_encoding(texts):
         raise AssertionError("the cached matrix should have been loaded, not recomputed")
 
-    monkeypatch.setattr(m3.embeddings, "embed", no_encoding)
+    monkeypatch.setattr(m3.text.embeddings, "embed", no_encoding)
     fresh = Corpus(corpus.passages, cache_dir=cache_dir)  # a new process would start like this
     assert np.array_equal(fresh.embeddings(), vecs)
 

@@ -55,6 +55,19 @@ def test_cluster_then_weights_then_reward_by_hand():
         fact_reward([1.0], [])
 
 
+def test_negative_cosines_are_clipped_to_zero():
+    reps = np.array([[1.0, 0.0], [0.0, 1.0]])
+    sents = np.array([[-1.0, 0.0], [0.6, -0.8]])
+    # rep 0: cosines -1.0, 0.6 -> 0.6; rep 1: cosines 0.0, -0.8 -> max 0.0
+    w = saliency_weights(reps, sents)
+    assert np.allclose(w, [0.6, 0.0])
+    only_negative = saliency_weights(np.array([[1.0, 0.0]]), np.array([[-0.5, 0.866]]))
+    assert only_negative.tolist() == [0.0]  # clipped: -0.5 would make a refuted claim a bonus
+    # a refuted claim of zero salience costs nothing; R_fact stays in [-1, 0]
+    assert fact_reward([0.6, 0.0], [False, True]) == 0.0
+    assert -1.0 <= fact_reward([0.6, 0.0], [True, True]) <= 0.0
+
+
 def test_hallucination_rate():
     assert hallucination_rate(["Supported", "Refuted", "Uncertain", "Supported"]) == pytest.approx(1.5 / 4)
     assert hallucination_rate([]) == 0.0

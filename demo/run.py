@@ -1,0 +1,178 @@
+"""`make demo`: the whole pipeline on the tiny preset, offline, each step resumable.
+
+    base -> three experts -> distill -> MOPD -> Eagle3 draft -> W4 -> serve (transformers serve on
+    127.0.0.1) -> HealthBench sample, HealthBench-Hallu, OSCE sample against the served endpoint -> report
+
+Each step is a separate command (stages never import each other; the demo only runs them), and
+each one skips its work when its registered output or its results for the same config exist, so
+re-running `make demo` resumes. Every step leaves a one-line summary JSON in `outputs/demo/`, from
+which the closing table and the report (`outputs/demo/report.md`, also in MLflow) are built.
+The server started by the serve step is stopped when the demo ends, also on failure or Ctrl-C.
+
+    python -m demo                           # make demo
+    python -m demo model=small_qwen3_moe     # the base preset
+    python -m demo 'steps=[base,healthbench]'       # a subset (evals then run in-process on m3-mopd)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m3 import registry
+from m3.config import REPO_ROOT, compose, register_schema
+
+
+@dataclass
+class DemoConfig:
+    model: str = "tiny_qwen3_moe"
+    out_dir: str = "outputs/demo"
+    healthbench_examples: int = 30  # the 30 real sample records shipped in data/
+    hallu_examples: int = 10
+    osce_cases: int = 5
+    osce_inquiry_turns: int = 4
+    expert_steps: int = 3
+    distill_steps: int = 10
+    mopd_steps: int = 4
+    draft_steps: int = 30
+    quant_eval_examples: int = 4
+    port: int = 8765  # the local server of the serve step (127.0.0.1)
+    judge: str = "offline"
+    max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+
+
+STEPS = ("base", "expert_inquiry", "expert_healthcare", "expert_general", "distill", "mopd", "draft",
+         "quant", "serve", "healthbench", "hallu", "osce", "report")  # fmt: skip
+FINAL = "models:/m3-mopd@candidate"  # the model the pipeline ships: evaluated, drafted, quantized, served
+
+
+register_schema("demo_schema", DemoConfig)
+
+
+def _command(cfg: DemoConfig, out: Path, step: str, serving: bool) -> list[str]:
+    """The command of one step, built just before it runs (the evals need the served model's path)."""
+    py = [sys.executable, "-m"]
+    summary = f"summary_out={out / f'{step}.json'}"
+    if step in ("healthbench", "hallu", "osce"):
+        if serving:  # transformers serve answers to the model's path as its name
+            target = [f"endpoint=http://127.0.0.1:{cfg.port}/v1", f"endpoint_model={registry.resolve(FINAL)}"]
+        else:
+            target = [f"model={FINAL}"]
+        tokens = f"generation.max_new_tokens={cfg.max_new_tokens}"
+        judge = f"judge.backend={cfg.judge}"
+        return {
+            "healthbench": py + ["eval.healthbench", "run", *target, f"n_examples={cfg.healthbench_examples}", judge],
+            "hallu": py + ["eval.hallu", *target, f"n_examples={cfg.hallu_examples}"],
+            "osce": py + ["eval.osce", *target, f"n_cases={cfg.osce_cases}", judge,
+                          f"episode.max_inquiry_turns={cfg.osce_inquiry_turns}"],
+        }[step] + [tokens, summary]  # fmt: skip
+    if step == "base":
+        return py + ["m3.cli", "base", f"model={cfg.model}"]
+    if step.startswith("expert_"):
+        e = step.removeprefix("expert_")
+        return py + ["stage1_expert_rl", f"expert={e}", f"steps={cfg.expert_steps}", "n_prompts=4",
+                     "prompts_per_step=1", "rl.group_size=4", summary]  # fmt: skip
+    if step == "distill":
+        return py + ["stage2_distill", f"steps={cfg.distill_steps}", summary]
+    if step == "mopd":
+        return py + ["stage3_mopd", f"steps={cfg.mopd_steps}", summary]
+    if step == "draft":
+        return py + ["draft_eagle3", f"target={FINAL}", f"steps={cfg.draft_steps}", "prompts_per_domain=4",
+                     "heldout_per_domain=1", "max_new_tokens=24", "eval_k=4", "eval_max_new_tokens=24",
+                     "cpu_threads=1", summary]  # fmt: skip
+    if step == "quant":
+        return py + ["quant", f"source={FINAL}", f"eval.healthbench_examples={cfg.quant_eval_examples}",
+                     f"eval.max_new_tokens={cfg.max_new_tokens}", summary]  # fmt: skip
+    if step == "serve":  # the server is started by the demo (kept up for the evals); this is its smoke check
+        return py + ["serve.smoke", "--base-url", f"http://127.0.0.1:{cfg.port}/v1", "--model",
+                     str(registry.resolve(FINAL)), "--wait", "600", "--max-tokens", "16",
+                     "--summary-out", str(out / "serve.json")]  # fmt: skip
+    raise ValueError(f"unknown demo step {step!r}; available: {list(STEPS)}")
+
+
+def _start_server(cfg: DemoConfig, out: Path) -> subprocess.Popen:
+    """`python -m serve` in the background (transformers serve on 127.0.0.1:port, log in out/)."""
+    import socket
+
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", cfg.port)) == 0:
+            raise ValueError(f"port {cfg.port} is in use: stop what listens there or pass port=<free port>")
+    cmd = [
+        sys.executable,
+        "-m",
+        "serve",
+        f"model={FINAL}",
+        f"port={cfg.port}",
+        f"log_file={out / 'serve.log'}",
+    ]
+    print(f"   starting the server: {' '.join(cmd[2:])} (log: {out / 'serve.log'})", flush=True)
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True)
+
+
+def _stop_server(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)  # serve's launcher stops its engine's process group on SIGTERM
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _summary_base(out: Path) -> dict:
+    mv = registry.get_version("models:/m3-base@candidate")
+    return {"step": "base", "metric": "registered", "value": f"m3-base v{mv.version}", "backend": "-"}
+
+
+def main(overrides: list[str] | None = None) -> int:
+    cfg: DemoConfig = compose("demo", overrides)
+    out = (REPO_ROOT / cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = [s for s in cfg.steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown demo steps {unknown}; available: {list(STEPS)}")
+    serving = "serve" in cfg.steps
+    rows, server = [], None
+    try:
+        for i, step in enumerate(cfg.steps, 1):
+            if step == "report":
+                from demo import report
+
+                (out / "rows.json").write_text(json.dumps(rows, indent=2))
+                print(f"\n== [{i}/{len(cfg.steps)}] report: {report.write(out, rows)}", flush=True)
+                continue
+            if step == "serve":
+                server = _start_server(cfg, out)
+            cmd = _command(cfg, out, step, serving)
+            print(f"\n== [{i}/{len(cfg.steps)}] {step}: {' '.join(cmd[2:])}", flush=True)
+            t0 = time.time()
+            rc = subprocess.run(cmd, cwd=REPO_ROOT).returncode
+            if rc != 0:
+                print(
+                    f"demo: step {step!r} failed (exit {rc}); fix it and re-run `make demo` to resume",
+                    file=sys.stderr,
+                )
+                return rc
+            summary = _summary_base(out) if step == "base" else json.loads((out / f"{step}.json").read_text())
+            summary["seconds"] = round(time.time() - t0, 1)
+            summary["command"] = "python -m " + " ".join(
+                a.replace(str(REPO_ROOT) + "/", "") for a in cmd[2:] if not a.startswith("summary_out=")
+            )
+            rows.append(summary)
+    finally:
+        _stop_server(server)
+    print("\n| step | key metric | value | backend | s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['step']} | {r['metric']} | {r['value']} | {r['backend']} | {r['seconds']} |")
+    print(
+        f"\nReport: {out / 'report.md'}. Registered models: `.venv/bin/m3 registry ls`. "
+        "Browse runs and models: `make ui` (MLflow on http://127.0.0.1:5000)."
+    )
+    return 0

@@ -1,0 +1,199 @@
+"""A small HF-backed generation server that stands in for verl's vLLM/SGLang server manager on CPU.
+
+verl's agent loops call the policy token-in/token-out:
+
+    out = await server_manager.generate(request_id, prompt_ids=[...], sampling_params={...})
+    out.token_ids, out.log_probs          # verl.workers.rollout.replica.TokenOutput
+
+`LocalServer` answers the same call with a transformers causal LM, so an agent loop runs end to end
+without vLLM (tests, the tiny preset, the local training engine):
+
+    from m3.rl.local_server import LocalServer
+    server = LocalServer("/tmp/tiny", seed=0)             # a path or an already-built model
+    out = server.generate_tokens([151644, 872, 198], {"temperature": 1.0, "max_tokens": 8, "logprobs": True})
+
+Semantics follow verl's vLLM server (`verl.workers.rollout.vllm_rollout.vllm_async_server`):
+- sampling_params: temperature (<= 1e-5 means greedy), top_p, top_k (<= 0 or -1 = off), max_tokens
+  (or max_new_tokens; default `default_max_tokens`), logprobs (truthy -> log-probs returned, else
+  None), stop_token_ids, ignore_eos, seed, repetition_penalty (only 1.0, what verl sends);
+  any other key raises ValueError, so a typo is not silently ignored.
+- generation stops after an EOS token (the model's generation_config eos ids, <|im_end|> = 151645
+  for Qwen3) or a stop token, which IS included in token_ids, as vLLM returns it.
+- log_probs are vLLM's default `processed_logprobs`: log-softmax of the logits after temperature,
+  top-k and top-p, at the sampled token; under greedy decoding, of the raw logits.
+- determinism: a request with `seed` draws from its own generator seeded with it (vLLM's per-request
+  seed); otherwise draws come from one server-wide generator seeded at construction, so a fixed
+  sequence of calls gives fixed outputs.
+- requests run one at a time in a worker thread (a lock), so the event loop keeps serving the rest
+  of the rollout (simulator, reward) meanwhile.
+- extra_fields carries global_steps / min_global_steps / max_global_steps = `self.global_steps`,
+  like verl's LLMServerClient: the v1 trainer's staleness tags read them from the agent loop output.
+
+Limits: text only (image/video/audio data raise ValueError), batch size 1, no prefix cache, no
+routed experts. Run: `pytest tests/m3/test_agent_loop.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from verl.workers.rollout.replica import TokenOutput
+
+SAMPLING_EPS = 1e-5  # vLLM's threshold under which temperature means greedy
+KNOWN_PARAMS = frozenset(
+    {
+        "temperature", "top_p", "top_k", "max_tokens", "max_new_tokens", "logprobs", "stop_token_ids",
+        "ignore_eos", "seed", "repetition_penalty",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """One answered request (kept when LocalServer(record=True)): what the server saw and returned."""
+
+    request_id: str
+    prompt_ids: list[int]
+    token_ids: list[int]
+    log_probs: list[float] | None
+    sampling_params: dict[str, Any] = field(default_factory=dict)
+
+
+def _filter_top_k_top_p(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus top-p set to -inf (the most likely token always stays)."""
+    if 0 < top_k < logits_V.numel():
+        kth = torch.topk(logits_V, top_k).values[-1]
+        logits_V = logits_V.masked_fill(logits_V < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_V, order_V = torch.sort(logits_V, descending=True)
+        cum_V = torch.softmax(sorted_V, dim=-1).cumsum(dim=-1)
+        drop_V = cum_V - torch.softmax(sorted_V, dim=-1) >= top_p  # mass before the token already >= p
+        drop_V[0] = False
+        logits_V = logits_V.masked_fill(torch.zeros_like(drop_V).scatter(0, order_V, drop_V), float("-inf"))
+    return logits_V
+
+
+class LocalServer:
+    """`await server.generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput` on a HF model."""
+
+    def __init__(
+        self,
+        model: str | Path | PreTrainedModel,
+        *,
+        seed: int = 0,
+        default_max_tokens: int = 512,
+        eos_token_ids: list[int] | None = None,
+        record: bool = False,
+    ) -> None:
+        if isinstance(model, str | Path):
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        self.model = model.eval()
+        if eos_token_ids is None:
+            eos = self.model.generation_config.eos_token_id
+            eos_token_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if not eos_token_ids:
+            raise ValueError("the model's generation_config has no eos_token_id: pass eos_token_ids=[...]")
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.default_max_tokens = default_max_tokens
+        self.max_model_len = int(self.model.config.max_position_embeddings)
+        self.global_steps = 0  # the weights version; a training engine bumps it after each update
+        self.record = record
+        self.history: list[GenerationRecord] = []
+        self._generator = torch.Generator().manual_seed(seed)
+        self._lock = threading.Lock()
+
+    async def generate(
+        self,
+        request_id: str,
+        *,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        image_data: Any = None,
+        video_data: Any = None,
+        audio_data: Any = None,
+        **kwargs: Any,
+    ) -> TokenOutput:
+        """verl's server-manager call; other keyword arguments (priority, mm kwargs) are accepted and unused."""
+        if image_data is not None or video_data is not None or audio_data is not None:
+            raise ValueError("LocalServer is text-only: drop image/video/audio data or use a vLLM rollout")
+        return await asyncio.to_thread(self.generate_tokens, prompt_ids, sampling_params, request_id)
+
+    @torch.no_grad()
+    def generate_tokens(
+        self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str = ""
+    ) -> TokenOutput:
+        """Synchronous generation of one response (see the module docstring for the semantics)."""
+        unknown = set(sampling_params) - KNOWN_PARAMS
+        if unknown:
+            raise ValueError(
+                f"unsupported sampling_params {sorted(unknown)}; LocalServer knows {sorted(KNOWN_PARAMS)}"
+            )
+        if float(sampling_params.get("repetition_penalty", 1.0)) != 1.0:
+            raise ValueError(
+                "LocalServer supports only repetition_penalty=1.0 (what verl's agent loops send)"
+            )
+        if not prompt_ids:
+            raise ValueError("empty prompt_ids: render at least the chat template's generation prompt")
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens leaves no room within max_position_embeddings="
+                f"{self.max_model_len}; shorten the prompt or use a model with a longer context"
+            )
+        max_tokens = sampling_params.get("max_tokens", sampling_params.get("max_new_tokens"))
+        max_tokens = min(room, self.default_max_tokens if max_tokens is None else int(max_tokens))
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens} must be >= 1")
+        temperature = float(sampling_params.get("temperature", 1.0))
+        top_p = float(sampling_params.get("top_p", 1.0))
+        top_k = int(sampling_params.get("top_k", -1) or -1)
+        stop = set() if sampling_params.get("ignore_eos", False) else set(self.eos_token_ids)
+        stop |= {int(t) for t in sampling_params.get("stop_token_ids") or []}
+        seed = sampling_params.get("seed")
+
+        with self._lock:
+            gen = self._generator if seed is None else torch.Generator().manual_seed(int(seed))
+            device = next(self.model.parameters()).device
+            step_input = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+            past = None
+            token_ids: list[int] = []
+            log_probs: list[float] = []
+            for _ in range(max_tokens):
+                # logits of the last position only: the prompt's (T, 151936) logits would dominate the prefill
+                out = self.model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = out.past_key_values
+                logits_V = out.logits[0, -1].float().cpu()
+                if temperature <= SAMPLING_EPS:
+                    logp_V = torch.log_softmax(logits_V, dim=-1)
+                    token = int(torch.argmax(logp_V))
+                else:
+                    logp_V = torch.log_softmax(
+                        _filter_top_k_top_p(logits_V / temperature, top_k, top_p), dim=-1
+                    )
+                    token = int(torch.multinomial(logp_V.exp(), 1, generator=gen))
+                token_ids.append(token)
+                log_probs.append(float(logp_V[token]))
+                if token in stop:
+                    break
+                step_input = torch.tensor([[token]], dtype=torch.long, device=device)
+            returned_logprobs = log_probs if sampling_params.get("logprobs") else None
+            if self.record:  # under the lock: history lists requests in the order they were served
+                self.history.append(
+                    GenerationRecord(
+                        request_id, list(prompt_ids), token_ids, returned_logprobs, dict(sampling_params)
+                    )
+                )
+            steps = self.global_steps
+        return TokenOutput(
+            token_ids=token_ids,
+            log_probs=returned_logprobs,
+            stop_reason="completed",
+            num_preempted=0,
+            extra_fields={"global_steps": steps, "min_global_steps": steps, "max_global_steps": steps},
+        )
