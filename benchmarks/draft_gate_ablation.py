@@ -2,6 +2,12 @@
 
     python benchmarks/draft_gate_ablation.py                     # small preset, 3 seeds, a few minutes
     python benchmarks/draft_gate_ablation.py --steps 300 --seeds 0 1 2 3 4
+    python benchmarks/draft_gate_ablation.py --target DIR --write-prompts p.json   # the real preset's prompts
+    python benchmarks/draft_gate_ablation.py --target DIR --prompts-json p.json --device cuda --steps 2000
+
+With `--target DIR` (e.g. the real preset, m3.model.real.convert) the target is that checkpoint as
+it is. `--write-prompts` stores the prompt token ids (train and held-out) and exits, so a machine
+without the project's data stack (the GPU machine) runs from `--prompts-json` alone.
 
 Target: the `small` preset with its output head untied and redrawn from seed 0 (the tied random
 preset mostly repeats its input token under greedy decoding, which any draft predicts perfectly).
@@ -57,18 +63,38 @@ def main(argv=None) -> int:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core VM)"
     )
+    p.add_argument(
+        "--target", default=None, help="a checkpoint directory (default: the --preset walk target)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompts-json", default=None, help="prompt token ids written by --write-prompts")
+    p.add_argument("--write-prompts", default=None, help="write the prompt token ids here and exit")
+    p.add_argument("--out", default=None, help="also write the result JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        target, d = walk_target(args.preset, Path(tmp))
+        if args.target:
+            d = Path(args.target)
+            target = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval().to(args.device)
+        else:
+            target, d = walk_target(args.preset, Path(tmp))
+            target = target.to(args.device)
         base = dict(target=str(d), prompts_per_domain=args.prompts_per_domain,
                     heldout_per_domain=args.heldout_per_domain, max_new_tokens=args.max_new_tokens,
-                    steps=args.steps, eval_k=args.k, eval_max_new_tokens=args.max_new_tokens)  # fmt: skip
+                    steps=args.steps, eval_k=args.k, eval_max_new_tokens=args.max_new_tokens,
+                    device=args.device)  # fmt: skip
         cfg = T.DraftConfig(**base)
-        train_p, held = T.prompt_sets(cfg, AutoTokenizer.from_pretrained(d))
+        if args.prompts_json:
+            train_p, held = (json.loads(Path(args.prompts_json).read_text())[k] for k in ("train", "held"))
+        else:
+            train_p, held = T.prompt_sets(cfg, AutoTokenizer.from_pretrained(d))
+        if args.write_prompts:
+            Path(args.write_prompts).write_text(json.dumps({"train": train_p, "held": held}))
+            print(f"{len(train_p)} training and {len(held)} held-out prompts -> {args.write_prompts}")
+            return 0
         samples, ids, head, aux, _ = T.prepare_data(cfg, target, train_p, Path(tmp) / "data.safetensors")
         rows = []
         for seed in args.seeds:
@@ -107,6 +133,8 @@ def main(argv=None) -> int:
         "gain_std": statistics.stdev(gain) if len(gain) > 1 else 0.0,
     }
     print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
     print("\n| seed | ungated | gated | gain |\n|---|---|---|---|")
     for r, g in zip(rows, gain, strict=True):
         print(f"| {r['seed']} | {r['ungated_acceptance']:.2f} | {r['gated_acceptance']:.2f} | {g:+.2f} |")

@@ -30,12 +30,12 @@ def lineage_edges(versions: dict[str, dict]) -> list[tuple[str, str]]:
     return edges
 
 
-def current_versions(names: tuple[str, ...] = PIPELINE) -> dict[str, dict]:
-    """{"name vN": {"parents": [...], "stage": ...}} for the candidate of every registered name."""
+def current_versions(names: tuple[str, ...] = PIPELINE, alias: str = "candidate") -> dict[str, dict]:
+    """{"name vN": {"parents": [...], "stage": ...}} for the `alias` version of every registered name."""
     out = {}
     for name in names:
         try:
-            mv = registry.get_version(f"models:/{name}@candidate")
+            mv = registry.get_version(f"models:/{name}@{alias}")
         except registry.RegistryError:
             continue
         out[f"{name} v{mv.version}"] = {
@@ -89,13 +89,13 @@ def build(rows: list[dict], versions: dict[str, dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(out_dir: Path, rows: list[dict]) -> Path:
-    """Write out_dir/report.md and log it to MLflow (run "pipeline-report")."""
+def write(out_dir: Path, rows: list[dict], alias: str = "candidate") -> Path:
+    """Write out_dir/report.md (the `alias` versions' lineage) and log it to MLflow ("pipeline-report")."""
     import mlflow
 
     registry.setup()
     path = out_dir / "report.md"
-    path.write_text(build(rows, current_versions()))
+    path.write_text(build(rows, current_versions(alias=alias)))
     with mlflow.start_run(run_name="pipeline-report"):
         mlflow.log_artifact(str(path))
     return path
@@ -103,12 +103,14 @@ def write(out_dir: Path, rows: list[dict]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m demo.report <dir with the step summaries (rows.json)>", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print(
+            "usage: python -m demo.report <dir with the step summaries (rows.json)> [alias]", file=sys.stderr
+        )
         return 2
     out_dir = Path(args[0])
     rows = json.loads((out_dir / "rows.json").read_text())
-    print(write(out_dir, rows))
+    print(write(out_dir, rows, *args[1:]))
     return 0
 
 

@@ -31,12 +31,16 @@ from m3.config import REPO_ROOT, compose, register_schema
 
 @dataclass
 class DemoConfig:
-    model: str = "tiny_qwen3_moe"
+    """The pipeline's sizes. `preset=real` (configs/preset/real.yaml) swaps in the real model's."""
+
+    model: str = "tiny_qwen3_moe"  # the model preset every step runs on (configs/model/)
+    alias: str = "candidate"  # that preset's registry alias (the real preset registers under `real`)
     out_dir: str = "outputs/demo"
     healthbench_examples: int = 30  # the 30 real sample records shipped in data/
     hallu_examples: int = 10
     osce_cases: int = 5
     osce_inquiry_turns: int = 4
+    osce_concurrency: int = 1  # consultations run at once (a batching engine serves them together)
     expert_steps: int = 3
     distill_steps: int = 10
     mopd_steps: int = 4
@@ -45,56 +49,94 @@ class DemoConfig:
     port: int = 8765  # the local server of the serve step (127.0.0.1)
     judge: str = "offline"
     max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
+    baseline: bool = False  # also evaluate the base model: the eval rows read "base -> final"
+    # the evaluations generate through the served endpoint (true) or in-process with batched HF
+    # generation (false: a server answering one request at a time would take the real preset's OSCE
+    # past the hour on 2 cores; the serve step still starts the server and smoke-tests it)
+    eval_via_endpoint: bool = True
+    step_args: dict[str, list[str]] = field(default_factory=dict)  # extra overrides per step (the preset's)
     steps: list[str] = field(default_factory=lambda: list(STEPS))
 
 
 STEPS = ("base", "expert_inquiry", "expert_healthcare", "expert_general", "distill", "mopd", "draft",
          "quant", "serve", "healthbench", "hallu", "osce", "report")  # fmt: skip
-FINAL = "models:/m3-mopd@candidate"  # the model the pipeline ships: evaluated, drafted, quantized, served
+EVALS = ("healthbench", "hallu", "osce")
 
 
 register_schema("demo_schema", DemoConfig)
+
+
+def final_uri(cfg: DemoConfig) -> str:
+    """The model the pipeline ships: evaluated, drafted, quantized, served."""
+    return f"models:/m3-mopd@{cfg.alias}"
+
+
+def _eval_command(cfg: DemoConfig, step: str, target: list[str], summary: Path) -> list[str]:
+    tokens, judge = f"generation.max_new_tokens={cfg.max_new_tokens}", f"judge.backend={cfg.judge}"
+    args = {
+        "healthbench": ["eval.healthbench", "run", f"n_examples={cfg.healthbench_examples}", judge],
+        "hallu": ["eval.hallu", f"n_examples={cfg.hallu_examples}"],
+        "osce": ["eval.osce", f"n_cases={cfg.osce_cases}", judge, f"episode.max_inquiry_turns={cfg.osce_inquiry_turns}",
+                 f"concurrent_cases={cfg.osce_concurrency}"],
+    }[step]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        *args,
+        *target,
+        tokens,
+        *cfg.step_args.get(step, []),
+        f"summary_out={summary}",
+    ]
 
 
 def _command(cfg: DemoConfig, out: Path, step: str, serving: bool) -> list[str]:
     """The command of one step, built just before it runs (the evals need the served model's path)."""
     py = [sys.executable, "-m"]
     summary = f"summary_out={out / f'{step}.json'}"
-    if step in ("healthbench", "hallu", "osce"):
-        if serving:  # transformers serve answers to the model's path as its name
-            target = [f"endpoint=http://127.0.0.1:{cfg.port}/v1", f"endpoint_model={registry.resolve(FINAL)}"]
+    final = final_uri(cfg)
+    extra = [*cfg.step_args.get(step, []), summary]
+    preset = [f"model={cfg.model}"]
+    if step in EVALS:
+        if serving and cfg.eval_via_endpoint:  # transformers serve answers to the model's path as its name
+            target = [f"endpoint=http://127.0.0.1:{cfg.port}/v1", f"endpoint_model={registry.resolve(final)}"]
         else:
-            target = [f"model={FINAL}"]
-        tokens = f"generation.max_new_tokens={cfg.max_new_tokens}"
-        judge = f"judge.backend={cfg.judge}"
-        return {
-            "healthbench": py + ["eval.healthbench", "run", *target, f"n_examples={cfg.healthbench_examples}", judge],
-            "hallu": py + ["eval.hallu", *target, f"n_examples={cfg.hallu_examples}"],
-            "osce": py + ["eval.osce", *target, f"n_cases={cfg.osce_cases}", judge,
-                          f"episode.max_inquiry_turns={cfg.osce_inquiry_turns}"],
-        }[step] + [tokens, summary]  # fmt: skip
+            target = [f"model={final}"]
+        return _eval_command(cfg, step, target, out / f"{step}.json")
     if step == "base":
-        return py + ["m3.cli", "base", f"model={cfg.model}"]
+        return py + ["m3.cli", "base", *preset]
     if step.startswith("expert_"):
         e = step.removeprefix("expert_")
-        return py + ["stage1_expert_rl", f"expert={e}", f"steps={cfg.expert_steps}", "n_prompts=4",
-                     "prompts_per_step=1", "rl.group_size=4", summary]  # fmt: skip
+        return py + ["stage1_expert_rl", *preset, f"expert={e}", f"steps={cfg.expert_steps}", "n_prompts=4",
+                     "prompts_per_step=1", "rl.group_size=4", *extra]  # fmt: skip
     if step == "distill":
-        return py + ["stage2_distill", f"steps={cfg.distill_steps}", summary]
+        return py + ["stage2_distill", *preset, f"steps={cfg.distill_steps}", *extra]
     if step == "mopd":
-        return py + ["stage3_mopd", f"steps={cfg.mopd_steps}", summary]
+        return py + ["stage3_mopd", *preset, f"steps={cfg.mopd_steps}", *extra]
     if step == "draft":
-        return py + ["draft_eagle3", f"target={FINAL}", f"steps={cfg.draft_steps}", "prompts_per_domain=4",
+        return py + ["draft_eagle3", *preset, f"steps={cfg.draft_steps}", "prompts_per_domain=4",
                      "heldout_per_domain=1", "max_new_tokens=24", "eval_k=4", "eval_max_new_tokens=24",
-                     "cpu_threads=1", summary]  # fmt: skip
+                     "cpu_threads=1", *extra]  # fmt: skip
     if step == "quant":
-        return py + ["quant", f"source={FINAL}", f"eval.healthbench_examples={cfg.quant_eval_examples}",
-                     f"eval.max_new_tokens={cfg.max_new_tokens}", summary]  # fmt: skip
+        return py + ["quant", *preset, f"eval.healthbench_examples={cfg.quant_eval_examples}",
+                     f"eval.max_new_tokens={cfg.max_new_tokens}", *extra]  # fmt: skip
     if step == "serve":  # the server is started by the demo (kept up for the evals); this is its smoke check
         return py + ["serve.smoke", "--base-url", f"http://127.0.0.1:{cfg.port}/v1", "--model",
-                     str(registry.resolve(FINAL)), "--wait", "600", "--max-tokens", "16",
+                     str(registry.resolve(final)), "--wait", "600", "--max-tokens", "16",
                      "--summary-out", str(out / "serve.json")]  # fmt: skip
     raise ValueError(f"unknown demo step {step!r}; available: {list(STEPS)}")
+
+
+def _baseline(cfg: DemoConfig, out: Path, step: str, summary: dict) -> dict:
+    """Evaluate the base model in-process on the same step, and read the row as "base -> final"."""
+    path = out / f"{step}_base.json"
+    if not path.is_file():
+        cmd = _eval_command(cfg, step, [f"model=models:/m3-base@{cfg.alias}"], path)
+        print(f"   baseline: {' '.join(cmd[2:])}", flush=True)
+        if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
+            raise RuntimeError(f"demo: the baseline evaluation of {step!r} failed; re-run to resume")
+    base = json.loads(path.read_text())
+    return {**summary, "value": f"base {base['value']} -> final {summary['value']}", "base": base}
 
 
 def _start_server(cfg: DemoConfig, out: Path) -> subprocess.Popen:
@@ -108,7 +150,7 @@ def _start_server(cfg: DemoConfig, out: Path) -> subprocess.Popen:
         sys.executable,
         "-m",
         "serve",
-        f"model={FINAL}",
+        f"model={final_uri(cfg)}",
         f"port={cfg.port}",
         f"log_file={out / 'serve.log'}",
     ]
@@ -126,9 +168,14 @@ def _stop_server(proc: subprocess.Popen | None) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _summary_base(out: Path) -> dict:
-    mv = registry.get_version("models:/m3-base@candidate")
-    return {"step": "base", "metric": "registered", "value": f"m3-base v{mv.version}", "backend": "-"}
+def _summary_base(cfg: DemoConfig) -> dict:
+    mv = registry.get_version(f"models:/m3-base@{cfg.alias}")
+    return {
+        "step": "base",
+        "metric": "registered",
+        "value": f"m3-base v{mv.version} @{cfg.alias}",
+        "backend": cfg.model,
+    }
 
 
 def main(overrides: list[str] | None = None) -> int:
@@ -146,7 +193,7 @@ def main(overrides: list[str] | None = None) -> int:
                 from demo import report
 
                 (out / "rows.json").write_text(json.dumps(rows, indent=2))
-                print(f"\n== [{i}/{len(cfg.steps)}] report: {report.write(out, rows)}", flush=True)
+                print(f"\n== [{i}/{len(cfg.steps)}] report: {report.write(out, rows, cfg.alias)}", flush=True)
                 continue
             if step == "serve":
                 server = _start_server(cfg, out)
@@ -160,7 +207,9 @@ def main(overrides: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return rc
-            summary = _summary_base(out) if step == "base" else json.loads((out / f"{step}.json").read_text())
+            summary = _summary_base(cfg) if step == "base" else json.loads((out / f"{step}.json").read_text())
+            if cfg.baseline and step in EVALS:
+                summary = _baseline(cfg, out, step, summary)
             summary["seconds"] = round(time.time() - t0, 1)
             summary["command"] = "python -m " + " ".join(
                 a.replace(str(REPO_ROOT) + "/", "") for a in cmd[2:] if not a.startswith("summary_out=")

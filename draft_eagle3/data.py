@@ -27,8 +27,6 @@ from pathlib import Path
 
 import torch
 
-from m3.data.prompts import DOMAINS, domain_rows
-
 
 def default_aux_layers(num_layers: int) -> list[int]:
     """SpecForge's "output of layer" ids [1, L//2-1, L-4], made strictly increasing for short models.
@@ -84,6 +82,8 @@ def build_draft_vocab(responses: list[list[int]], n: int, vocab_size: int) -> to
 def domain_prompts(per_domain: int, offset: int = 0) -> list[tuple[str, list[dict]]]:
     """`per_domain` chat prompts of each domain, starting at index `offset` (held-out prompts use
     an offset past the training ones), interleaved by domain."""
+    from m3.data.prompts import DOMAINS, domain_rows  # here: the prompt sources pull in the clinic
+
     rows = {d: domain_rows(d, per_domain, offset) for d in DOMAINS}
     return [(d, list(rows[d][i]["prompt"])) for i in range(per_domain) for d in DOMAINS]
 
@@ -168,7 +168,7 @@ def collate(samples: list[dict], target_head: torch.Tensor, device="cpu") -> dic
     response token whose target argmax is in the draft vocabulary: a training target)."""
     T = max(len(s["input_ids"]) for s in samples)
     B = len(samples)
-    ids = torch.full((B, T), 151643, dtype=torch.long)
+    ids = torch.zeros((B, T), dtype=torch.long)  # right padding: never a training target, any valid id
     aux = torch.zeros(B, T, samples[0]["aux"].shape[-1])
     last = torch.zeros(B, T, samples[0]["last"].shape[-1])
     valid = torch.zeros(B, T, dtype=torch.bool)

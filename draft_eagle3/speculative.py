@@ -1,7 +1,7 @@
 """Reference chain speculative decoding (batch 1, temperature 0) with the target's KV cache.
 
     from draft_eagle3.speculative import compare
-    report = compare(target, draft, prompts, k=6, max_new_tokens=64, eos_ids={151645, 151643})
+    report = compare(target, draft, prompts, k=6, max_new_tokens=64, eos_ids=eos_ids(target))
     report["acceptance_length"], report["per_position_acceptance"], report["speedup"]
 
 One cycle (target has processed x_0..x_{n-1}; x_n is the newest committed token, not yet fed):

@@ -39,8 +39,9 @@ def config_dir() -> Path:
 class ModelConfig:
     """Which model a stage starts from and its shape (real shapes for the cluster presets).
 
-    source: `tiny` builds a checkpoint with `m3.model.tiny` (preset = tiny|small); `hf` loads `path`,
-    a local directory or a hub id (hub ids need network and are registered by reference).
+    source: `tiny` builds a checkpoint with `m3.model.tiny` (preset = tiny|small); `gguf` converts
+    the real preset's packaged GGUF (`m3.model.real`); `hf` loads `path`, a local directory or a hub
+    id (hub ids need network and are registered by reference).
     alias: the registry alias every stage of this preset reads and registers (`candidate` for the
     tiny and cluster presets, `real` for the real preset), so presets never overwrite each other.
     `model=` is the one size setting of every entry point: local presets run on CPU, the real
@@ -67,8 +68,8 @@ class ModelConfig:
     trust_remote_code: bool = False  # off by default: never execute a checkpoint's code unasked
 
     def __post_init__(self) -> None:
-        if self.source not in ("tiny", "hf"):
-            raise ValueError(f"model.source must be 'tiny' or 'hf', got {self.source!r}")
+        if self.source not in ("tiny", "gguf", "hf"):
+            raise ValueError(f"model.source must be 'tiny', 'gguf' or 'hf', got {self.source!r}")
 
 
 CLUSTER_SIZES = ("qwen3_8b", "qwen3_30b_a3b", "qwen3_235b_a22b")  # model presets with verl configs

@@ -93,7 +93,10 @@ def expert_activation(model, samples: list[list[int]]) -> torch.Tensor:
     token is ever counted.
     """
     cfg = model.config
-    counts = torch.zeros(cfg.num_hidden_layers, cfg.num_experts, dtype=torch.long)
+    num_experts = getattr(cfg, "num_experts", 0) or 0  # dense configs (Llama) have no such field
+    counts = torch.zeros(cfg.num_hidden_layers, num_experts, dtype=torch.long)
+    if num_experts == 0:  # a dense model: no router, nothing to calibrate per expert
+        return counts
     hooks = []
     for i, layer in enumerate(model.model.layers):
 
@@ -119,6 +122,9 @@ def uncovered_experts(counts_LE: torch.Tensor, min_tokens: int = 1) -> list[tupl
 def activation_summary(counts_LE: torch.Tensor, min_tokens: int = 1) -> dict:
     """Numbers for the log: coverage, min/max tokens per expert, and the imbalance (max/mean)."""
     c = counts_LE.float()
+    if c.numel() == 0:  # a dense model
+        return {"experts": 0, "covered_fraction": 1.0, "min_tokens_per_expert": 0, "max_tokens_per_expert": 0,
+                "max_over_mean": 0.0}  # fmt: skip
     return {
         "experts": int(c.numel()),
         "covered_fraction": float((counts_LE >= min_tokens).float().mean()),

@@ -45,7 +45,7 @@ class GPTQConfig:
     dampening_frac: float = 0.01
     actorder: str | None = "static"  # static | group | weight | None; static keeps Marlin's fast path
     moe_calibrate_all_experts: bool = True
-    sequential_targets: list[str] = field(default_factory=lambda: ["Qwen3MoeDecoderLayer"])
+    sequential_targets: list[str] | None = None  # None: the model's decoder layer class (one layer at a time)
     dtype: str = "bfloat16"  # the model is quantized from (and its scales stored in) this dtype
 
     def __post_init__(self) -> None:
@@ -131,7 +131,7 @@ def run_gptq(
         max_seq_length=max(map(len, samples)),
         shuffle_calibration_samples=False,
         pipeline="sequential",
-        sequential_targets=list(cfg.sequential_targets),
+        sequential_targets=list(cfg.sequential_targets or [type(model.model.layers[0]).__name__]),
         moe_calibrate_all_experts=cfg.moe_calibrate_all_experts,
         output_dir=str(out_dir),
     )

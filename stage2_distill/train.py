@@ -42,7 +42,7 @@ from m3.config import (
     register_schema,
 )
 from m3.data.prompts import DOMAINS, domain_rows
-from m3.rl.engine import LocalRLConfig
+from m3.rl.engine import LocalRLConfig, freeze_below
 from m3.runs import StageRun
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss, gather_logprobs_chunked
 from stage2_distill.rollouts import read_records, teacher_samples, write_records
@@ -65,6 +65,7 @@ class Stage2Config:
     steps: int = 10
     batch_size: int = 4
     lr: float = 5e-4
+    trainable_layers: int | None = None  # None: full fine-tuning; k: the top k layers (CPU size)
     chunk_size: int = 1024
     rollout: LocalRLConfig = field(
         default_factory=lambda: LocalRLConfig(max_new_tokens=24, max_response_length=512)
@@ -234,7 +235,8 @@ def train_student(cfg: Stage2Config, init_dir: Path, train_recs: dict, held: dic
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32).train()
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    freeze_below(model, cfg.trainable_layers)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     rng = random.Random(cfg.seed)
     weights = [cfg.mixture[d] if train_recs[d] else 0.0 for d in DOMAINS]
     loss_fn = clip_forward_kl_loss if cfg.loss == "clip_fkl" else _fkl

@@ -27,7 +27,7 @@ ROOT = config_dir()
 ENTRIES = sorted(
     str(p.relative_to(ROOT).with_suffix(""))
     for p in ROOT.rglob("*.yaml")
-    if p.relative_to(ROOT).parts[0] not in ("verl", "model", "scale")
+    if p.relative_to(ROOT).parts[0] not in ("verl", "model", "scale", "preset")
 )
 GROUPS = {g: sorted(p.stem for p in (ROOT / g).glob("*.yaml")) for g in ("model", "scale")}
 
@@ -86,3 +86,13 @@ def test_one_model_setting_picks_size_and_alias():
     assert cluster.model.name == "qwen3_8b"  # a cluster run trains a real shape by default
     big = compose("stage3", ["scale=cluster", "model=qwen3_235b_a22b"])
     assert big.model.name == "qwen3_235b_a22b"
+
+
+def test_demo_presets_compose():
+    real = compose("demo", ["preset=real"])
+    assert (real.model, real.alias, real.baseline) == ("smollm2_135m", "real", True)
+    assert all(step in demo.run.STEPS for step in real.step_args)
+    model = compose("base", [f"model={real.model}"]).model
+    assert (model.source, model.alias, model.num_hidden_layers) == ("gguf", "real", 30)
+    tiny = compose("demo")
+    assert (tiny.model, tiny.alias, tiny.step_args) == ("tiny_qwen3_moe", "candidate", {})

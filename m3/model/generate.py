@@ -41,6 +41,8 @@ class HFChatGenerator:
     ):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # e.g. a checkpoint without one: pad with eos, on the left
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, trust_remote_code=trust_remote_code
         ).eval()
@@ -82,19 +84,17 @@ class HFChatGenerator:
 
 
 class LocalChat:
-    """Async chat over a local checkpoint: one conversation per call, calls serialised (one model)."""
+    """Async chat over a local checkpoint: one conversation per call; calls that arrive together
+    (concurrent consultations) are generated as one batch of up to `generator.batch_size`."""
 
     def __init__(self, generator: HFChatGenerator):
-        import asyncio
+        from m3.model.batching import MicroBatcher
 
         self.generator = generator
-        self._lock = asyncio.Lock()
+        self._batcher = MicroBatcher(generator.chat, generator.batch_size)
 
     async def __call__(self, messages: list[dict]) -> ChatAnswer:
-        import asyncio
-
-        async with self._lock:
-            return (await asyncio.to_thread(self.generator.chat, [messages]))[0]
+        return await self._batcher.submit(messages)
 
     async def aclose(self) -> None:
         return None

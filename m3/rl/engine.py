@@ -21,8 +21,9 @@ import asyncio
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,20 @@ class LocalRLConfig:
     # rollouts serve all three); spar_global = a global repetition penalty (the worst step's gamma on
     # every token, m3.rl.spar.global_penalty_gammas)
     consultation_estimator: str = "spar"
+    # rollouts generated together by the local server (1: one at a time, the exact sequential path;
+    # larger: left-padded batches, like vLLM's continuous batching; the real preset uses 16)
+    rollout_batch: int = 1
+    # None: every parameter trains; k: only the top k decoder layers and the final norm (the CPU size
+    # of the real preset: backward stops at the first trainable layer, ~3x faster per step)
+    trainable_layers: int | None = None
+    # extra keyword arguments of the reward function, as verl's reward_kwargs (e.g. fact_aware: false)
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.rollout_batch < 1:
+            raise ValueError(f"rl.rollout_batch must be >= 1, got {self.rollout_batch}")
+        if self.trainable_layers is not None and self.trainable_layers < 1:
+            raise ValueError(f"rl.trainable_layers must be >= 1 or null (all), got {self.trainable_layers}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"rl.optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.consultation_estimator not in ("spar", "grpo", "spar_global"):
@@ -79,30 +92,38 @@ class Trajectory:
 
 class LocalEngine:
     def __init__(self, model_dir: str | Path, cfg: LocalRLConfig, out_dir: str | Path):
-        from m3.rl.local_server import LocalServer
-
         torch.manual_seed(cfg.seed)
         self.cfg, self.out = cfg, Path(out_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        freeze_below(self.model, cfg.trainable_layers)
         self.optim = _optimizer(self.model, cfg)
-        self.server = LocalServer(self.model, seed=cfg.seed, default_max_tokens=cfg.max_new_tokens)
+        self.server = self._server(cfg.seed)
         self.step = 0
         self.score = True  # False: rollouts only (stage-2 teacher data), no reward calls
         ckpt = self.out / "checkpoint"
         if (ckpt / "state.json").is_file():  # resume: weights, optimizer, step, RNG
             self.model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+            freeze_below(self.model, cfg.trainable_layers)
             self.optim = _optimizer(self.model, cfg)
             self.optim.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
             state = json.loads((ckpt / "state.json").read_text())
             self.step = state["step"]
             torch.set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
-            self.server = LocalServer(
-                self.model, seed=cfg.seed + self.step, default_max_tokens=cfg.max_new_tokens
-            )
+            self.server = self._server(cfg.seed + self.step)
+
+    def _server(self, seed: int):
+        from m3.rl.local_server import LocalServer
+
+        return LocalServer(
+            self.model,
+            seed=seed,
+            default_max_tokens=self.cfg.max_new_tokens,
+            max_batch=self.cfg.rollout_batch,
+        )
 
     # --- rollout -----------------------------------------------------------------------------
-    async def _consultation(self, row: dict) -> Trajectory:
+    async def _consultation(self, row: dict, temperature: float) -> Trajectory:
         from m3.rl.agent_loop import build_agent_loop
 
         loop = build_agent_loop(
@@ -114,7 +135,7 @@ class LocalEngine:
         extra = dict(row["extra_info"])
         extra.setdefault("max_turn_tokens", self.cfg.max_new_tokens)
         sampling = {
-            "temperature": self.cfg.temperature,
+            "temperature": temperature,
             "top_p": 1.0,
             "top_k": -1,
             "repetition_penalty": 1.0,
@@ -129,7 +150,7 @@ class LocalEngine:
             global_steps=self.step + 1,
         )
         text = self.tokenizer.decode(out.response_ids, skip_special_tokens=True)
-        score = await _score(row, text, {**extra, **out.extra_fields}) if self.score else {"score": 0.0}
+        score = await self._score(row, text, {**extra, **out.extra_fields})
         out.reward_score = float(score["score"])
         d = out.as_dict()
         return Trajectory(
@@ -145,7 +166,7 @@ class LocalEngine:
             [float(x) for x in (out.response_logprobs or [])],
         )
 
-    async def _single_turn(self, row: dict) -> Trajectory:
+    async def _single_turn(self, row: dict, temperature: float) -> Trajectory:
         prompt_ids = list(
             self.tokenizer.apply_chat_template(
                 row["prompt"], add_generation_prompt=True, enable_thinking=False
@@ -155,13 +176,13 @@ class LocalEngine:
             uuid.uuid4().hex,
             prompt_ids=prompt_ids,
             sampling_params={
-                "temperature": self.cfg.temperature,
+                "temperature": temperature,
                 "max_tokens": self.cfg.max_new_tokens,
                 "logprobs": True,
             },
         )
         text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        score = await _score(row, text, row.get("extra_info") or {}) if self.score else {"score": 0.0}
+        score = await self._score(row, text, row.get("extra_info") or {})
         n = len(out.token_ids)
         rm = [0.0] * n
         rm[-1] = float(score["score"])  # outcome reward at the last token, as verl writes it
@@ -178,23 +199,48 @@ class LocalEngine:
             list(out.log_probs or []),
         )
 
-    def rollout(self, rows: list[dict]) -> list[Trajectory]:
+    async def _score(self, row: dict, text: str, extra_info: dict) -> dict:
+        """The reward function's dict, as verl's reward loop would call it (no call when scoring is off)."""
+        from m3.rl.rewards import compute_score
+
+        if not self.score:
+            return {"score": 0.0}
+        gt = (row.get("reward_model") or {}).get("ground_truth")
+        out = await compute_score(row["data_source"], text, gt, extra_info, **self.cfg.reward_kwargs)
+        return out if isinstance(out, dict) else {"score": float(out)}
+
+    def rollout(
+        self, rows: list[dict], group_size: int | None = None, temperature: float | None = None
+    ) -> list[Trajectory]:
+        """`group_size` rollouts of every row (default: the config's), at `temperature` (default: the
+        config's; 0 = greedy, for evaluation)."""
+        group_size = self.cfg.group_size if group_size is None else group_size
+        temperature = self.cfg.temperature if temperature is None else temperature
+
         async def one(row: dict, uid: str) -> Trajectory:
             is_consultation = row.get("agent_name") == "m3_consultation"
-            t = await (self._consultation(row) if is_consultation else self._single_turn(row))
+            run = self._consultation if is_consultation else self._single_turn
+            t = await run(row, temperature)
             t.uid = uid
             return t
 
         async def run() -> list[Trajectory]:
-            out = []
-            for i, row in enumerate(rows):  # one model: rollouts run one after another
-                uid = f"{self.step}-{i}"
-                for _ in range(self.cfg.group_size):
-                    out.append(await one(row, uid))
-            return out
+            jobs = [(row, f"{self.step}-{i}") for i, row in enumerate(rows) for _ in range(group_size)]
+            if self.cfg.rollout_batch == 1:  # one at a time: the exact sequential path
+                return [await one(row, uid) for row, uid in jobs]
+            return list(await asyncio.gather(*(one(row, uid) for row, uid in jobs)))  # the server batches
 
         self.model.eval()
         return asyncio.run(run())
+
+    def evaluate(self, rows: list[dict]) -> float:
+        """Mean reward of the current policy on `rows`: one greedy rollout each (held-out prompts)."""
+        was_scoring, self.score = self.score, True
+        try:
+            trajs = self.rollout(rows, group_size=1, temperature=0.0)
+        finally:
+            self.score = was_scoring
+        return float(np.mean([t.reward for t in trajs]))
 
     # --- update --------------------------------------------------------------------------------
     def _log_probs(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +274,8 @@ class LocalEngine:
         )
         self.optim.zero_grad()
         pg_loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grad_clip)
         self.optim.step()
         self.step += 1
         entropy_proxy = -agg_loss(log_prob.detach(), mask, "token-mean")
@@ -267,10 +314,25 @@ class LocalEngine:
         return final
 
 
+def freeze_below(model, trainable_layers: int | None) -> None:
+    """Only the top `trainable_layers` decoder layers and the final norm train (None: everything).
+    Tied embeddings / lm_head stay frozen with the rest."""
+    if trainable_layers is None:
+        return
+    layers = model.model.layers
+    if trainable_layers > len(layers):
+        raise ValueError(f"rl.trainable_layers={trainable_layers} but the model has {len(layers)} layers")
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - trainable_layers :]:
+        layer.requires_grad_(True)
+    model.model.norm.requires_grad_(True)
+
+
 def _optimizer(model, cfg: LocalRLConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        return torch.optim.SGD(params, lr=cfg.lr)
+    return torch.optim.AdamW(params, lr=cfg.lr)
 
 
 def response_logprobs(model, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,11 +380,3 @@ def task_advantages(
                 config=OmegaConf.create({"norm_adv_by_std_in_grpo": True}),
             )
     return adv
-
-
-async def _score(row: dict, text: str, extra_info: dict) -> dict:
-    from m3.rl.rewards import compute_score
-
-    gt = (row.get("reward_model") or {}).get("ground_truth")
-    out = await compute_score(row["data_source"], text, gt, extra_info)
-    return out if isinstance(out, dict) else {"score": float(out)}

@@ -24,8 +24,13 @@ Semantics follow verl's vLLM server (`verl.workers.rollout.vllm_rollout.vllm_asy
 - determinism: a request with `seed` draws from its own generator seeded with it (vLLM's per-request
   seed); otherwise draws come from one server-wide generator seeded at construction, so a fixed
   sequence of calls gives fixed outputs.
-- requests run one at a time in a worker thread (a lock), so the event loop keeps serving the rest
-  of the rollout (simulator, reward) meanwhile.
+- batching: with `max_batch` 1 (the default) requests run one at a time in a worker thread (a
+  lock), so the event loop keeps serving the rest of the rollout (simulator, reward) meanwhile. With
+  `max_batch` > 1, requests that arrive together (the concurrent rollouts of an agent-loop batch)
+  are generated together: compatible requests (same sampling settings and stop tokens, no per-request
+  seed) go through one left-padded `model.generate` call of up to `max_batch` rows, the way vLLM
+  batches concurrent requests; each row keeps its own max_tokens (cut after the call). Greedy
+  outputs equal the one-at-a-time ones up to float32 rounding of the padded batch.
 - extra_fields carries global_steps / min_global_steps / max_global_steps = `self.global_steps`,
   like verl's LLMServerClient: the v1 trainer's staleness tags read them from the agent loop output.
 
@@ -44,6 +49,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from verl.workers.rollout.replica import TokenOutput
+
+from m3.model.batching import MicroBatcher
 
 SAMPLING_EPS = 1e-5  # vLLM's threshold under which temperature means greedy
 KNOWN_PARAMS = frozenset(
@@ -79,6 +86,14 @@ def _filter_top_k_top_p(logits_V: torch.Tensor, top_k: int, top_p: float) -> tor
     return logits_V
 
 
+def _batch_key(params: dict[str, Any]) -> tuple:
+    """Requests that may share one generate() call: same sampling settings and stop tokens."""
+    return (
+        float(params.get("temperature", 1.0)), float(params.get("top_p", 1.0)), int(params.get("top_k", -1) or -1),
+        bool(params.get("ignore_eos", False)), tuple(sorted(params.get("stop_token_ids") or [])),
+    )  # fmt: skip
+
+
 class LocalServer:
     """`await server.generate(request_id, prompt_ids=..., sampling_params=...) -> TokenOutput` on a HF model."""
 
@@ -90,6 +105,7 @@ class LocalServer:
         default_max_tokens: int = 512,
         eos_token_ids: list[int] | None = None,
         record: bool = False,
+        max_batch: int = 1,
     ) -> None:
         if isinstance(model, str | Path):
             model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
@@ -107,6 +123,17 @@ class LocalServer:
         self.history: list[GenerationRecord] = []
         self._generator = torch.Generator().manual_seed(seed)
         self._lock = threading.Lock()
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        # requests arriving together share one generate() call when their sampling settings match
+        self._batcher = (
+            MicroBatcher(self._run_batch, max_batch, key=lambda item: _batch_key(item[1]))
+            if max_batch > 1
+            else None
+        )
+        pad = self.model.generation_config.pad_token_id
+        self.pad_token_id = int(min(self.eos_token_ids) if pad is None else pad)
 
     async def generate(
         self,
@@ -122,13 +149,85 @@ class LocalServer:
         """verl's server-manager call; other keyword arguments (priority, mm kwargs) are accepted and unused."""
         if image_data is not None or video_data is not None or audio_data is not None:
             raise ValueError("LocalServer is text-only: drop image/video/audio data or use a vLLM rollout")
-        return await asyncio.to_thread(self.generate_tokens, prompt_ids, sampling_params, request_id)
+        if self._batcher is None or sampling_params.get("seed") is not None:
+            return await asyncio.to_thread(self.generate_tokens, prompt_ids, sampling_params, request_id)
+        return await self._batcher.submit((list(prompt_ids), dict(sampling_params), request_id))
+
+    def _run_batch(self, items: list[tuple[list[int], dict[str, Any], str]]) -> list[TokenOutput]:
+        return self.generate_batch(
+            [i[0] for i in items], items[0][1], [i[1] for i in items], [i[2] for i in items]
+        )
 
     @torch.no_grad()
-    def generate_tokens(
-        self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str = ""
-    ) -> TokenOutput:
-        """Synchronous generation of one response (see the module docstring for the semantics)."""
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        sampling_params: dict[str, Any],
+        row_params: list[dict[str, Any]] | None = None,
+        request_ids: list[str] | None = None,
+    ) -> list[TokenOutput]:
+        """One left-padded `model.generate` over `prompts` with shared sampling settings; each row
+        keeps its own max_tokens (`row_params`). Log-probs as vLLM's processed logprobs (module docstring)."""
+        row_params = row_params or [sampling_params] * len(prompts)
+        temperature, top_p, top_k, stop = self._check(sampling_params)
+        caps = [self._max_tokens(p, rp) for p, rp in zip(prompts, row_params, strict=True)]
+        width = max(map(len, prompts))
+        device = next(self.model.parameters()).device
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        sample = temperature > SAMPLING_EPS
+        with self._lock:
+            # generate() draws from the global RNG: seed it from the server's generator (repeatable)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)))
+            out = self.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max(caps),
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=top_p if sample else None,
+                top_k=max(top_k, 0) if sample else None,  # 0 = off (None would mean generate's default, 50)
+                # [] with ignore_eos: never stop early (None would mean the config's)
+                eos_token_id=sorted(stop),
+                pad_token_id=self.pad_token_id,
+                return_dict_in_generate=True,
+                output_scores=True,
+            )
+            steps = self.global_steps
+        new = out.sequences[:, width:].cpu()
+        logp_SBV = torch.stack([torch.log_softmax(sc.float(), dim=-1) for sc in out.scores]).cpu()
+        outputs = []
+        for i, (cap, rp) in enumerate(zip(caps, row_params, strict=True)):
+            tokens: list[int] = []
+            for t in new[i, :cap].tolist():
+                tokens.append(t)
+                if t in stop:
+                    break
+            lps = [float(logp_SBV[j, i, t]) for j, t in enumerate(tokens)]
+            returned = lps if rp.get("logprobs") else None
+            if self.record:
+                rid = request_ids[i] if request_ids else ""
+                self.history.append(GenerationRecord(rid, list(prompts[i]), tokens, returned, dict(rp)))
+            outputs.append(
+                TokenOutput(
+                    token_ids=tokens,
+                    log_probs=returned,
+                    stop_reason="completed",
+                    num_preempted=0,
+                    extra_fields={
+                        "global_steps": steps,
+                        "min_global_steps": steps,
+                        "max_global_steps": steps,
+                    },
+                )  # fmt: skip
+            )
+        return outputs
+
+    def _check(self, sampling_params: dict[str, Any]) -> tuple[float, float, int, set[int]]:
+        """Validate sampling_params; (temperature, top_p, top_k, stop token ids)."""
         unknown = set(sampling_params) - KNOWN_PARAMS
         if unknown:
             raise ValueError(
@@ -138,6 +237,13 @@ class LocalServer:
             raise ValueError(
                 "LocalServer supports only repetition_penalty=1.0 (what verl's agent loops send)"
             )
+        stop = set() if sampling_params.get("ignore_eos", False) else set(self.eos_token_ids)
+        stop |= {int(t) for t in sampling_params.get("stop_token_ids") or []}
+        temperature = float(sampling_params.get("temperature", 1.0))
+        top_k = int(sampling_params.get("top_k", -1) or -1)
+        return temperature, float(sampling_params.get("top_p", 1.0)), top_k, stop
+
+    def _max_tokens(self, prompt_ids: list[int], sampling_params: dict[str, Any]) -> int:
         if not prompt_ids:
             raise ValueError("empty prompt_ids: render at least the chat template's generation prompt")
         room = self.max_model_len - len(prompt_ids)
@@ -150,11 +256,15 @@ class LocalServer:
         max_tokens = min(room, self.default_max_tokens if max_tokens is None else int(max_tokens))
         if max_tokens < 1:
             raise ValueError(f"max_tokens={max_tokens} must be >= 1")
-        temperature = float(sampling_params.get("temperature", 1.0))
-        top_p = float(sampling_params.get("top_p", 1.0))
-        top_k = int(sampling_params.get("top_k", -1) or -1)
-        stop = set() if sampling_params.get("ignore_eos", False) else set(self.eos_token_ids)
-        stop |= {int(t) for t in sampling_params.get("stop_token_ids") or []}
+        return max_tokens
+
+    @torch.no_grad()
+    def generate_tokens(
+        self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str = ""
+    ) -> TokenOutput:
+        """Synchronous generation of one response (see the module docstring for the semantics)."""
+        temperature, top_p, top_k, stop = self._check(sampling_params)
+        max_tokens = self._max_tokens(prompt_ids, sampling_params)
         seed = sampling_params.get("seed")
 
         with self._lock:

@@ -302,8 +302,9 @@ async def compute_score(
 ) -> dict:
     """verl reward function (async), routed by `data_source` (see the module docstring).
 
-    kwargs: `inquiry` (dict of InquiryRewardConfig fields, from
-    `reward.custom_reward_function.reward_kwargs.inquiry`); verl's own extras (e.g.
+    kwargs (from `reward.custom_reward_function.reward_kwargs`): `inquiry` (dict of
+    InquiryRewardConfig fields); for the healthcare route `rubric_pool` (the dynamic rubric pool
+    file) and `fact_aware` (False: R_task only, the ablation). verl's own extras (e.g.
     reward_router_address) are accepted and unused.
     """
     info = dict(extra_info or {})
@@ -317,7 +318,10 @@ async def compute_score(
     if data_source in HEALTHCARE:
         from m3.facts import reward as facts_reward
 
-        return await facts_reward.compute_score(data_source, answer_text(solution_str), ground_truth, info)
+        passed = {k: kwargs[k] for k in ("rubric_pool", "fact_aware") if k in kwargs}
+        return await facts_reward.compute_score(
+            data_source, answer_text(solution_str), ground_truth, info, **passed
+        )
     if data_source == GENERAL:
         return await _general(answer_text(solution_str), ground_truth, info)
     raise ValueError(f"unknown data_source {data_source!r}; m3.rl.rewards knows {list(KNOWN)}")

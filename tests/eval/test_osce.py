@@ -133,3 +133,17 @@ def test_inquiry_station_combines_coverage_and_process_by_hand():
     process = {"safety_stratification": 1.0, "clarity": 1.0, "association": 0.0, "normative_output": 0.0}
     assert run.inquiry_station(0.6, process, 0.7) == pytest.approx(0.7 * 0.6 + 0.3 * 0.5)
     assert run.inquiry_station(0.6, process, 1.0) == pytest.approx(0.6)  # coverage only
+
+
+def test_concurrent_cases_give_the_same_stations(mlflow_store, tmp_path, monkeypatch):
+    """concurrent_cases > 1 runs consultations together (a batching engine serves them); each case's
+    result is the same as one at a time, and the file stays one line per case."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-osce-123456")
+    with FakeOpenAIServer(doctor) as srv:
+        one = run.main(cfg_for(srv, tmp_path / "one"))
+        cfg = cfg_for(srv, tmp_path / "two")
+        cfg.concurrent_cases = 2
+        two = run.main(cfg)
+    assert one["metrics"] == two["metrics"]
+    rows = [json.loads(x) for x in (tmp_path / "two" / "osce" / "cases.jsonl").read_text().splitlines()]
+    assert sorted(r["case_id"] for r in rows) == ["agentclinic_medqa-0000", "agentclinic_medqa-0001"]

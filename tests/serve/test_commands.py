@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -128,9 +129,80 @@ def test_write_engine_draft_converts_a_vllm_export_for_sglang(tmp_path):
     ] == [0, 1, 1]
 
 
-def test_gated_draft_is_refused(tmp_path):
+def test_unknown_draft_architecture_is_refused(tmp_path):
     with pytest.raises(ValueError, match="gated"):
         commands.write_engine_draft(_draft(tmp_path, arch="GatedEagle3Draft"), "vllm", tmp_path / "out")
+
+
+def test_gated_draft_goes_to_vllm_only(tmp_path):
+    """vLLM loads LlamaForCausalLMEagle3Gated through our plugin; SGLang has no such class."""
+    src = _draft(tmp_path, arch=commands.GATED_EAGLE3_ARCHITECTURE)
+    vdir = commands.write_engine_draft(src, "vllm", tmp_path / "out")
+    assert json.loads((vdir / "config.json").read_text())["architectures"] == ["LlamaForCausalLMEagle3Gated"]
+    with pytest.raises(ValueError, match="loads in vLLM only"):
+        commands.write_engine_draft(src, "sglang", tmp_path / "out")
+
+
+def test_plugin_registers_both_names_of_the_gated_draft():
+    """The raw config.json name (draft ModelConfig) and vLLM's EAGLEConfig rewrite of it (class lookup)."""
+    from serve import vllm_plugin
+
+    raw = commands.GATED_EAGLE3_ARCHITECTURE
+    rewritten = raw if raw.startswith("Eagle3") or raw.endswith("Eagle3") else f"Eagle3{raw}"
+    assert vllm_plugin.ARCHITECTURES == (raw, rewritten)
+    module = vllm_plugin.MODEL_CLASS.split(":")[0]  # imported by vLLM only (it imports vllm)
+    assert (Path(__file__).parents[2] / (module.replace(".", "/") + ".py")).is_file()
+
+
+def _cpu_spec(**kw) -> commands.ServeSpec:
+    return commands.ServeSpec(model_path="/ckpt/smollm2", platform="cpu", reasoning_parser=None, **kw)
+
+
+def test_vllm_cpu_command():
+    argv, env = commands.vllm_command(_cpu_spec(port=8123, enforce_eager=True))
+    assert argv[:5] == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/ckpt/smollm2"]
+    assert _flag(argv, "--dtype") == "float32" and _flag(argv, "--max-model-len") == "2048"
+    assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--port") == "8123"
+    assert "--reasoning-parser" not in argv and "--enforce-eager" in argv and "--quantization" not in argv
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def test_vllm_cpu_w4_takes_bf16_activations_and_true_w4a16():
+    argv, env = commands.vllm_command(_cpu_spec(quantization="compressed-tensors", draft_path="/ckpt/d"))
+    assert _flag(argv, "--dtype") == "bfloat16" and _flag(argv, "--quantization") == "compressed-tensors"
+    assert env["VLLM_CPU_INT4_W4A8"] == "0"
+    spec = json.loads(_flag(argv, "--speculative-config"))
+    assert spec == {"method": "eagle3", "model": "/ckpt/d", "num_speculative_tokens": 3}
+
+
+def test_vllm_cpu_refuses_parallel_sizes():
+    with pytest.raises(ValueError, match="GPU settings"):
+        commands.vllm_command(_cpu_spec(tensor_parallel_size=4))
+
+
+def test_w4_moe_is_refused_on_cpu_dense_w4_is_not():
+    w4 = {"quantization_config": {"quant_method": "compressed-tensors"}}
+    commands.check_cpu_servable({**w4, "hidden_size": 576}, "/ckpt/w4-dense")
+    commands.check_cpu_servable({"num_experts": 128}, "/ckpt/bf16-moe")
+    with pytest.raises(ValueError, match="no W4 MoE kernel") as e:
+        commands.check_cpu_servable({**w4, "num_experts": 128}, "/ckpt/w4-moe")
+    assert "\n" not in str(e.value) and "/ckpt/w4-moe" in str(e.value)
+
+
+def test_draft_must_match_the_model():
+    model = {"hidden_size": 576, "vocab_size": 49152}
+    commands.check_draft_matches({"target_hidden_size": 576, "vocab_size": 49152}, "/d", model, "/m")
+    with pytest.raises(ValueError, match="hidden size 4096.*/m has hidden size 576") as e:
+        commands.check_draft_matches({"target_hidden_size": 4096, "vocab_size": 49152}, "/d", model, "/m")
+    assert "/d" in str(e.value)
+    with pytest.raises(ValueError, match="vocab_size"):
+        commands.check_draft_matches({"target_hidden_size": 576, "vocab_size": 151936}, "/d", model, "/m")
+
+
+def test_reasoning_parser_follows_the_tokenizer(tmp_path, tiny_dir):
+    assert commands.has_think_tokens(tiny_dir)  # the Qwen3 tokenizer
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"content": "<|im_end|>"}]}))
+    assert not commands.has_think_tokens(tmp_path)
 
 
 @pytest.mark.parametrize("written", ["sglang", "vllm"])

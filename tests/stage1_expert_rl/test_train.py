@@ -162,3 +162,44 @@ def test_inquiry_pipeline_run_mixes_stages(mlflow_store, tiny_dir, tmp_path):
     assert history[1]["pipeline/inquiry/reported"] == 3 and history[1]["pipeline/ddx/reported"] > 0
     state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
     assert state  # the scheduler state is saved each step, so a killed run resumes its pools
+
+
+def test_dynamic_rubrics_run_locally_and_log_the_pool(mlflow_store, tiny_dir, tmp_path):
+    """`make stage1 EXPERT=healthcare ARGS="rubrics.dynamic=true"` on the tiny model: each step is
+    mined, the pool is saved and logged to MLflow at every epoch end, the rows carry its version."""
+    registry.publish(tiny_dir, "m3-base", stage="base")
+    cfg = compose(
+        "stage1",
+        ["expert=healthcare", "rubrics.dynamic=true", "rubrics.top_quantile=0.0", "steps=2", "n_prompts=2",
+         "prompts_per_step=1", "rl.group_size=2", "rl.max_new_tokens=6", f"out_dir={tmp_path / 'run'}"],
+    )  # fmt: skip
+    mv = train.main(cfg)
+    pool = json.loads((tmp_path / "run" / "rubric_pool.json").read_text())
+    assert pool["config"]["dynamic"] is True and len(pool["window"]) == 2  # both steps observed
+    client = mlflow.MlflowClient()
+    arts = [a.path for a in client.list_artifacts(mv.run_id, "rubric_pool")]
+    assert arts == ["rubric_pool/epoch-001.json"]  # 2 prompts, 1 per step: one epoch
+    assert "rubric_pool/active" in mlflow.get_run(mv.run_id).data.metrics
+    with pytest.raises(ValueError, match="expert=healthcare"):
+        compose("stage1", ["expert=general", "rubrics.dynamic=true"])
+
+
+def test_dynamic_rubrics_compose_on_the_cluster(mlflow_store, tiny_dir, tmp_path, capsys):
+    registry.publish(tiny_dir, "m3-base", stage="base")
+    cfg = compose(
+        "stage1",
+        [
+            "expert=healthcare",
+            "scale=cluster",
+            "dry_run=true",
+            "rubrics.dynamic=true",
+            f"out_dir={tmp_path / 'c'}",
+        ],
+    )
+    train.main(cfg)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert (
+        lines[-2].startswith("python -m stage1_expert_rl.rubric_miner --rollouts") and "--follow" in lines[-2]
+    )
+    assert f"trainer.rollout_data_dir='{tmp_path / 'c' / 'rollouts'}'" in lines[-1]
+    assert f"reward_kwargs={{rubric_pool:'{tmp_path / 'c' / 'rubric_pool.json'}'}}" in lines[-1]

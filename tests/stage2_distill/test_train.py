@@ -29,6 +29,8 @@ def test_local_distillation_run(mlflow_store, tiny_dir, tmp_path):
             "batch_size=4",
             "lr=5e-3",
             "rollout.max_new_tokens=8",
+            "rollout.rollout_batch=8",  # the teachers' rollouts batched, as vLLM would serve them
+            "max_inquiry_turns=2",
             f"out_dir={tmp_path / 'run'}",
         ],
     )

@@ -76,6 +76,7 @@ def test_local_run_lowers_reverse_kl_and_registers(mlflow_store, tiny_dir, tmp_p
             "steps=3",
             "prompts_per_domain=1",
             "rl.max_new_tokens=8",
+            "rl.rollout_batch=8",  # the student's rollouts batched, as vLLM would serve them
             f"out_dir={out}",
             f"summary_out={tmp_path / 's.json'}",
         ],

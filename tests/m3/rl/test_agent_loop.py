@@ -217,3 +217,24 @@ def test_local_server_sampling(tiny_dir):
     assert stopped.token_ids == greedy.token_ids[:1]
     with pytest.raises(ValueError, match="unsupported sampling_params"):
         server.generate_tokens(prompt, {"temprature": 1.0})
+
+
+def test_batched_server_equals_one_at_a_time(tiny_dir):
+    """max_batch > 1: concurrent requests go through one left-padded generate() call, greedy tokens
+    and log-probs as one request at a time (up to float32 rounding of the padded batch)."""
+    prompts = [[151644, 872, 198] + [100 + i] * (i + 1) for i in range(5)]
+    params = {"temperature": 0.0, "max_tokens": 6, "logprobs": True}
+    one = LocalServer(tiny_dir, seed=0)
+    expected = [one.generate_tokens(p, params) for p in prompts]
+    batched = LocalServer(tiny_dir, seed=0, max_batch=8)
+
+    async def go():
+        return await asyncio.gather(
+            *(batched.generate(f"r{i}", prompt_ids=p, sampling_params=params) for i, p in enumerate(prompts))
+        )
+
+    got = asyncio.run(go())
+    assert batched._batcher.batches == [5]  # one generate() call for the five requests
+    for e, g in zip(expected, got, strict=True):
+        assert g.token_ids == e.token_ids
+        assert max(abs(a - b) for a, b in zip(g.log_probs, e.log_probs, strict=True)) < 1e-4

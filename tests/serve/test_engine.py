@@ -1,0 +1,132 @@
+"""vLLM's CPU build on the real model (SmolLM2-135M-Instruct): chat, greedy equal to transformers,
+W4A16, and Eagle3 decoding with the ungated draft and with the gated one (our vLLM plugin).
+
+    make test-engine        # builds .venv-serve first (make setup-serve); 3-6.5 min here after the install
+
+Four server starts (target, + ungated draft, + gated draft, W4), one at a time, in this file's order.
+Greedy comparisons use token ids end to end (/v1/completions with `prompt` as ids and
+`return_token_ids`), so chat-template or detokenisation differences cannot hide a wrong token.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from serve.spec_metrics import acceptance_length, scrape
+
+pytestmark = pytest.mark.engine
+
+PROMPTS = [
+    "I have had a headache and fever for two days. What should I do?",
+    "What are the common side effects of ibuprofen?",
+    "My child has a rash and a mild cough. When should I see a doctor?",
+]
+MAX_TOKENS = 32
+
+
+@pytest.fixture(scope="session")
+def tokenizer(real_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_model)
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(tokenizer) -> list[list[int]]:
+    return [
+        list(
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)[
+                "input_ids"
+            ]
+        )
+        for p in PROMPTS
+    ]
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(real_model, prompt_ids) -> list[list[int]]:
+    """transformers' greedy continuation of each prompt (float32, batch 1, eos kept)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(real_model, dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False)
+            out.append(gen[0, len(ids) :].tolist())
+    return out
+
+
+def complete_ids(server, ids: list[int]) -> list[int]:
+    r = httpx.post(
+        f"{server.base_url}/completions",
+        json={
+            "model": "m3",
+            "prompt": ids,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0.0,
+            "return_token_ids": True,
+        },
+        timeout=300.0,
+    )
+    r.raise_for_status()
+    return r.json()["choices"][0]["token_ids"]
+
+
+def _strip_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens  # vLLM does not return the stop token
+
+
+@pytest.fixture(scope="session")
+def target_alone(vllm_servers, real_model, prompt_ids) -> list[list[int]]:
+    """vLLM's greedy tokens for PROMPTS from the target alone (the reference of the draft tests)."""
+    server = vllm_servers.get("target", real_model)
+    return [complete_ids(server, ids) for ids in prompt_ids]
+
+
+def test_chat_completion_answers(vllm_servers, real_model, tokenizer, hf_greedy):
+    import openai
+
+    server = vllm_servers.get("target", real_model)
+    client = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0, timeout=300.0)
+    resp = client.chat.completions.create(
+        model="m3", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=MAX_TOKENS, temperature=0.0
+    )
+    answer = resp.choices[0].message.content
+    assert resp.usage.completion_tokens > 0 and len(answer.split()) > 5
+    # the chat route applies the same ChatML template: its text is transformers' greedy text
+    assert answer == tokenizer.decode(hf_greedy[0], skip_special_tokens=True).strip()
+
+
+def test_greedy_equals_transformers(target_alone, hf_greedy, tokenizer):
+    eos = tokenizer.eos_token_id
+    assert [_strip_eos(t, eos) for t in target_alone] == [_strip_eos(t, eos) for t in hf_greedy]
+
+
+@pytest.mark.parametrize("variant", ["ungated", "gated"])
+def test_eagle3_draft_keeps_greedy_and_counts_tokens(
+    vllm_servers, real_model, drafts, prompt_ids, target_alone, variant
+):
+    """The draft loads (the gated one through serve/vllm_plugin.py), decoding stays token-identical to
+    the target alone, and /metrics counts drafts, draft tokens (k = 3 each) and accepted tokens."""
+    server = vllm_servers.get(variant, real_model, drafts[variant])
+    log = server.log.read_text(errors="replace")
+    arch = "LlamaForCausalLMEagle3Gated" if variant == "gated" else "LlamaForCausalLMEagle3"
+    assert f"Resolved architecture: {arch}" in log and "(2, 15, 27)" in log
+    before = scrape(server.root_url)
+    got = [complete_ids(server, ids) for ids in prompt_ids]
+    c = scrape(server.root_url) - before
+    assert got == target_alone
+    assert c.drafts > 0 and c.draft_tokens == 3 * c.drafts
+    assert 0 <= c.accepted <= c.draft_tokens and sum(c.accepted_per_pos.values()) == c.accepted
+    assert acceptance_length(c) >= 1.0
+
+
+def test_w4a16_serves(vllm_servers, w4_model, prompt_ids):
+    server = vllm_servers.get("w4", w4_model)
+    log = server.log.read_text(errors="replace")
+    assert "Using CPUWNA16LinearKernel for CompressedTensorsWNA16" in log
+    first, again = complete_ids(server, prompt_ids[0]), complete_ids(server, prompt_ids[0])
+    assert len(first) > 0 and first == again  # greedy is deterministic
