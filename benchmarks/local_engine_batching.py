@@ -92,7 +92,12 @@ def main(argv=None) -> int:
         print(f"| {b} | {tokens / gen:.1f} | {tokens / eng:.1f} | {gen / eng:.3f} |", flush=True)
     Path(args.out).write_text(
         json.dumps(
-            {"args": vars(args) | {"out": None}, "threads": torch.get_num_threads(), "rows": rows}, indent=1
+            {
+                "args": vars(args) | {"out": None, "model": d.name},
+                "threads": torch.get_num_threads(),
+                "rows": rows,
+            },
+            indent=1,
         )
     )
     print("\n| batch | model.generate tok/s | local engine tok/s | engine / generate |\n|---|---|---|---|")

@@ -3,22 +3,32 @@
     python benchmarks/real_ablations.py spar        # SPAR vs GRPO vs global penalty, inquiry expert
     python benchmarks/real_ablations.py fact        # Fact-Aware vs rubric-only, healthcare expert
     python benchmarks/real_ablations.py dynamic     # dynamic vs static rubrics, healthcare expert
-    python benchmarks/real_ablations.py clip        # Clip-FKL vs forward KL, stage 2
-    python benchmarks/real_ablations.py mopd        # MOPD vs the stage-2 student
-    python benchmarks/real_ablations.py all --seeds 0 1 --steps 6
-    python benchmarks/real_ablations.py table       # print the tables of what has finished
+    python benchmarks/real_ablations.py clip        # Clip-FKL vs forward KL, stage 2 (teachers: s0 experts)
+    python benchmarks/real_ablations.py mopd        # MOPD vs the stage-2 student it starts from
+    python benchmarks/real_ablations.py gate        # gated vs ungated Eagle3 (draft_gate_ablation.py)
+    python benchmarks/real_ablations.py w4          # W4 vs float (quant_memory_quality.py)
+    python benchmarks/real_ablations.py all --seeds 0 1 --steps 4
+    python benchmarks/real_ablations.py table       # rewrite the tables and plots from the raw JSON
 
 Same code path as the pipeline: every arm is the stage's own entry point (`python -m
 stage1_expert_rl ...`), the evaluations are `python -m eval.osce|healthbench|hallu`, all on the real
 preset, in one MLflow store of their own (outputs/ablations/mlruns: the pipeline's registry is never
 touched). Arms of one ablation share the data, the seeds, the steps and every size below, and differ
-only in the ablated piece. The CPU size (stated in the tables): the top 6 of 30 layers train, rollouts
-in batches of 16, temperature 0.7, two inquiry turns in RL, 32-64 new tokens per turn. Evaluations run
-on held-out data (OSCE cases 40+, HealthBench records 16+, never trained on), greedy.
+only in the ablated piece. The CPU size (stated in each table): the top 6 of 30 layers train, rollouts
+in batches of 16 at temperature 0.7, 8 training prompts (2 per step, 4 samples each), two inquiry
+turns in RL, 32-64 new tokens per turn. Evaluations are greedy on held-out data nobody trains on:
+OSCE cases 40+ (10 cases, 3 inquiry turns), HealthBench-sample records 16+ (14), and each stage's own
+held-out prompts (stage 1: 4 prompts' reward before/after; stage 2/3: per-domain teacher samples).
+Judges, simulator and fact verifier are the offline ones (deterministic, no network).
+
+Shared arms are run once: `dynamic`'s static arm is `fact`'s fact_aware arm (the same config), and
+stage 2's teachers are the seed-0 experts of `spar` (inquiry, SPAR), `fact` (healthcare, Fact-Aware)
+and one general expert; `mopd` starts from each seed's Clip-FKL student.
 
 Resumable: each arm writes benchmarks/real/<ablation>/<arm>-s<seed>.json when it finishes and is
 skipped when that file exists; the stage runs themselves resume from their checkpoints. The tables
-(effect next to the seed spread) go to benchmarks/real/<ablation>.md; commit both.
+(mean +- std over seeds, next to the untrained reference) go to benchmarks/real/<ablation>.md and a
+plot to benchmarks/real/<ablation>.png; commit them with the JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,21 +56,29 @@ CPU_RL = [
     "rl.lr=1.0e-5",
 ]
 HELD_CASES, HELD_HB = 40, 16  # evaluation data starts here: never a training prompt
+SIZE = (
+    "SmolLM2-135M-Instruct float32 on 2 CPU cores; top 6/30 layers train; {steps} steps x 2 prompts x 4 "
+    "samples (stage 1), temperature 0.7; greedy evaluation on held-out data, offline judges"
+)
 
 
 def env() -> dict[str, str]:
-    e = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{WORK / 'mlruns' / 'mlflow.db'}",
-             M3_ARTIFACT_ROOT=str(WORK / "mlruns" / "artifacts"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")  # fmt: skip
-    return e
+    return dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=f"sqlite:///{WORK / 'mlruns' / 'mlflow.db'}",
+        M3_ARTIFACT_ROOT=str(WORK / "mlruns" / "artifacts"),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
 
 
-def run(cmd: list[str], log: Path) -> None:
+def run(cmd: list[str], log: Path, script: bool = False) -> None:
+    """`python -m cmd...` (or `python cmd...` with script=True), output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join(cmd)}   (log: {log.relative_to(REPO)})", flush=True)
+    argv = [sys.executable, *([] if script else ["-m"]), *cmd]
     with log.open("a") as f:
-        rc = subprocess.run(
-            [sys.executable, "-m", *cmd], cwd=REPO, env=env(), stdout=f, stderr=subprocess.STDOUT
-        ).returncode
+        rc = subprocess.run(argv, cwd=REPO, env=env(), stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise RuntimeError(f"{cmd[0]} failed (exit {rc}); see {log}")
 
@@ -67,6 +87,13 @@ def base() -> str:
     """m3-base@real of the ablation store (converted once from the wheel)."""
     run(["m3.cli", "base", "model=smollm2_135m"], WORK / "logs" / "base.log")
     return "models:/m3-base@real"
+
+
+def base_dir() -> Path:
+    from m3 import registry
+
+    os.environ.update(env())
+    return Path(registry.resolve(base()))
 
 
 def heldout_files() -> tuple[Path, Path]:
@@ -79,9 +106,11 @@ def heldout_files() -> tuple[Path, Path]:
     return WORK / "heldout" / "cases.jsonl", WORK / "heldout" / "hb.jsonl"
 
 
+# --- evaluations -------------------------------------------------------------------------------
 def osce(model: Path, tag: str, n: int = 10) -> dict:
     """OSCE on held-out cases: stations, repeated-question rate, and R_global of each transcript
     against its case's clinical rubric (m3.clinic.rubric)."""
+    from m3.clinic.case_files import load_cases
     from m3.clinic.rubric import r_global
     from m3.clinic.transcript import Transcript
 
@@ -91,13 +120,15 @@ def osce(model: Path, tag: str, n: int = 10) -> dict:
          "generation.max_new_tokens=64", f"concurrent_cases={n}", f"out_dir={out}"], WORK / "logs" / f"osce-{tag}.log")  # fmt: skip
     rows = [json.loads(x) for x in (out / "cases.jsonl").read_text().splitlines()]
     m = json.loads((out / "metrics.json").read_text())
-    from m3.clinic.case_files import load_cases
-
     by_id = {c.case_id: c for c in load_cases(cases)}
     rg = [r_global(by_id[r["case_id"]], Transcript.from_dict(r["transcript"])) for r in rows]
-    return {"osce_inquiry": m["station_inquiry"], "osce_lab": m["station_lab"], "osce_diagnosis": m["station_diagnosis"],
-            "repeated_question_rate": m.get("violation_rate_repeated_question", 0.0),
-            "r_global": statistics.fmean(rg)}  # fmt: skip
+    return {
+        "osce_inquiry": m["station_inquiry"],
+        "osce_diagnosis": m["station_diagnosis"],
+        # metrics.json lists only the violation kinds that occurred: absent = none in any step
+        "osce_repeated_question_rate": m.get("violation_rate_repeated_question", 0.0),
+        "osce_r_global": statistics.fmean([x for x in rg if x is not None] or [0.0]),
+    }
 
 
 def healthbench(model: Path, tag: str, n: int = 14) -> dict:
@@ -108,126 +139,309 @@ def healthbench(model: Path, tag: str, n: int = 14) -> dict:
     return {"healthbench": json.loads((out / "summary.json").read_text())["value"]}
 
 
-def hallu(model: Path, tag: str, n: int = 10) -> dict:
+def hallu(model: Path, tag: str, n: int = 14) -> dict:
     _, hb = heldout_files()
     out = WORK / "eval" / f"hallu-{tag}"
     run(["eval.hallu", f"model={model}", f"data={hb}", f"n_examples={n}", "generation.max_new_tokens=128",
          "generation.batch_size=16", f"out_dir={out}"], WORK / "logs" / f"hallu-{tag}.log")  # fmt: skip
     m = json.loads((out / "metrics.json").read_text())
-    return {"hallucination_rate": m["hallucination_rate"], "refuted_rate": m.get("refuted_rate"),
-            "uncertain_rate": m.get("uncertain_rate")}  # fmt: skip
+    return {"hallucination_rate": m["hallucination_rate"], "refuted_rate": m["refuted_rate"],
+            "uncertain_rate": m["uncertain_rate"], "n_claims": m["n_claims"]}  # fmt: skip
 
 
-def stage1(expert: str, arm: str, seed: int, steps: int, extra: list[str]) -> Path:
-    out = WORK / "runs" / f"{expert}-{arm}-s{seed}"
+def health_evals(model: Path, tag: str) -> dict:
+    return {**healthbench(model, tag), **hallu(model, tag)}
+
+
+# --- stage runs -----------------------------------------------------------------------------------
+def stage1(expert: str, tag: str, seed: int, steps: int, extra: list[str]) -> Path:
+    """One expert run (resumable from its checkpoint); returns its output directory."""
+    out = WORK / "runs" / f"{expert}-{tag}-s{seed}"
     turns = ["max_inquiry_turns=2", "pipeline=false", "rl.max_new_tokens=32", "rl.max_response_length=512"]
     args = ["stage1_expert_rl", f"expert={expert}", f"base={base()}", f"steps={steps}", "n_prompts=8",
-            "prompts_per_step=2", "rl.group_size=4", f"rl.seed={seed}", *CPU_RL,
-            *(turns if expert == "inquiry" else ["rl.max_new_tokens=64"]), *extra, f"out_dir={out}"]  # fmt: skip
+            "heldout_prompts=4", "prompts_per_step=2", "rl.group_size=4", f"rl.seed={seed}", *CPU_RL,
+            *(turns if expert == "inquiry" else ["rl.max_new_tokens=64"]), *extra, f"out_dir={out}",
+            f"summary_out={out / 'summary.json'}"]  # fmt: skip
     run(args, WORK / "logs" / f"{out.name}.log")
-    return out / "model"
+    return out
 
 
-ARMS = {
-    "spar": {"spar": ["rl.consultation_estimator=spar"], "grpo": ["rl.consultation_estimator=grpo"],
-             "spar_global": ["rl.consultation_estimator=spar_global"]},
-    "fact": {"fact_aware": ["+rl.reward_kwargs.fact_aware=true"], "rubric_only": ["+rl.reward_kwargs.fact_aware=false"]},
-    "dynamic": {"dynamic": ["rubrics.dynamic=true", "rubrics.top_quantile=0.5"], "static": ["rubrics.dynamic=false"]},
-}  # fmt: skip
-
-
-def arm_result(ablation: str, arm: str, seed: int, steps: int) -> dict:
-    """Train one arm (resumable) and evaluate it; {metric: value} plus the run's own history."""
-    extra = ARMS[ablation][arm]
-    if ablation == "spar":
-        model = stage1("inquiry", arm, seed, steps, extra)
-        return osce(model, f"spar-{arm}-s{seed}")
-    model = stage1("healthcare", arm, seed, steps, extra)
-    res = {**healthbench(model, f"{ablation}-{arm}-s{seed}"), **hallu(model, f"{ablation}-{arm}-s{seed}")}
-    if ablation == "dynamic":
-        pool = (
-            json.loads((model.parent / "rubric_pool.json").read_text())
-            if (model.parent / "rubric_pool.json").is_file()
-            else {}
-        )
-        res["pool_events"] = [
-            {k: e[k] for k in ("event", "item", "step", "epoch", "why")} for e in pool.get("history", [])
-        ]
+def stage1_metrics(out: Path) -> dict:
+    """Held-out reward before/after (greedy, the run's own reward) and the training-time violation
+    rate (mean over steps; inquiry only) from the run's files."""
+    held = json.loads((out / "heldout.json").read_text())
+    hist = json.loads((out / "history.json").read_text())
+    res = {"heldout_reward_before": held["before"], "heldout_reward_after": held["after"]}
+    viol = [h["violation_rate"] for h in hist if "violation_rate" in h]
+    if viol:
+        res["train_violation_rate"] = statistics.fmean(viol)
+    res["train_reward_first_last"] = [hist[0]["reward_mean"], hist[-1]["reward_mean"]]
     return res
 
 
-def base_result(ablation: str) -> dict:
-    """The untrained base on the same evaluation (the reference row of every table)."""
-    from m3 import registry
+def registered(out: Path, name: str) -> str:
+    """The registry URI of the version a run registered (from its summary row, "... (vN)" / "vN"):
+    lineage tags need registry URIs, so runs that feed later stages are passed as these."""
+    value = json.loads((out / "summary.json").read_text())["value"]
+    version = re.search(r"v(\d+)", value).group(1)
+    return f"models:/{name}/{version}"
 
-    os.environ.update(env())
-    model = registry.resolve(base())
-    return (
-        osce(model, "base") if ablation == "spar" else {**healthbench(model, "base"), **hallu(model, "base")}
+
+def teachers(steps: int) -> dict[str, str]:
+    """The seed-0 experts: inquiry from `spar`'s SPAR arm, healthcare from `fact`'s Fact-Aware arm
+    (trained here if those ablations have not run) and one general expert."""
+    runs = {
+        "inquiry": stage1("inquiry", "spar", 0, steps, ["rl.consultation_estimator=spar"]),
+        "healthcare": stage1("healthcare", "fact_aware", 0, steps, ["+rl.reward_kwargs.fact_aware=true"]),
+        "general": stage1("general", "general", 0, steps, []),
+    }
+    return {d: registered(out, f"m3-expert-{d}") for d, out in runs.items()}
+
+
+def stage2(loss: str, seed: int, steps: int) -> Path:
+    """Distil the s0 experts into the base; arms share one teacher-data file (generated once)."""
+    out = WORK / "runs" / f"distill-{loss}-s{seed}"
+    shared = WORK / "runs" / f"distill-teacher-data-s{seed}.parquet"
+    if shared.is_file() and not (out / "teacher_data.parquet").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared, out / "teacher_data.parquet")
+    t = teachers(steps)
+    run(["stage2_distill", "model=smollm2_135m", f"init={base()}", *[f"teachers.{d}={p}" for d, p in t.items()],
+         f"loss={loss}", f"seed={seed}", "steps=16", "batch_size=4", "lr=2.0e-5", "trainable_layers=6",
+         "prompts_per_domain=6", "heldout_per_domain=2", "rollout.rollout_batch=16", "rollout.temperature=0.7",
+         "rollout.max_new_tokens=48", f"rollout.seed={seed}", "max_inquiry_turns=2", f"out_dir={out}",
+         f"summary_out={out / 'summary.json'}"], WORK / "logs" / f"{out.name}.log")  # fmt: skip
+    if not shared.is_file():
+        shutil.copy(out / "teacher_data.parquet", shared)
+    return out
+
+
+def eval_pair(hist: Path) -> dict:
+    """{metric_before, metric_after} of a stage 2/3 history.json's held-out evaluation."""
+    h = json.loads(hist.read_text())
+    res = {}
+    for when in ("before", "after"):
+        for k, v in h[f"eval_{when}"].items():
+            res[f"{k.removeprefix('eval/').replace('/', '_')}_{when}"] = v
+    return res
+
+
+# --- the ablations --------------------------------------------------------------------------------
+def spar_arm(arm: str):
+    def go(seed: int, steps: int) -> dict:
+        out = stage1("inquiry", arm, seed, steps, [f"rl.consultation_estimator={arm}"])
+        return {**stage1_metrics(out), **osce(out / "model", f"spar-{arm}-s{seed}")}
+
+    return go
+
+
+def fact_arm(arm: str):
+    def go(seed: int, steps: int) -> dict:
+        flag = "true" if arm == "fact_aware" else "false"
+        out = stage1("healthcare", arm, seed, steps, [f"+rl.reward_kwargs.fact_aware={flag}"])
+        res = stage1_metrics(out)
+        if arm == "rubric_only":  # its held-out reward omits the fact term: not comparable, not shown
+            res = {k: v for k, v in res.items() if not k.startswith("heldout_")}
+        return {**res, **health_evals(out / "model", f"healthcare-{arm}-s{seed}")}
+
+    return go
+
+
+def dynamic_arm(seed: int, steps: int) -> dict:
+    out = stage1(
+        "healthcare", "dynamic", seed, steps, ["+rl.reward_kwargs.fact_aware=true", "rubrics.dynamic=true"]
     )
+    pool = json.loads((out / "rubric_pool.json").read_text()) if (out / "rubric_pool.json").is_file() else {}
+    events = [
+        {k: e.get(k) for k in ("event", "item", "step", "epoch", "why")} for e in pool.get("history", [])
+    ]
+    res = {**stage1_metrics(out), **health_evals(out / "model", f"healthcare-dynamic-s{seed}")}
+    return res | {"n_admitted": sum(e["event"] == "admitted" for e in events), "pool_events": events}
+
+
+def clip_arm(loss: str):
+    def go(seed: int, steps: int) -> dict:
+        out = stage2(loss, seed, steps)
+        return {**eval_pair(out / "history.json"), **health_evals(out / "model", f"distill-{loss}-s{seed}"),
+                **osce(out / "model", f"distill-{loss}-s{seed}")}  # fmt: skip
+
+    return go
+
+
+def mopd_arm(seed: int, steps: int) -> dict:
+    student = registered(stage2("clip_fkl", seed, steps), "m3-distill")
+    out = WORK / "runs" / f"mopd-s{seed}"
+    t = teachers(steps)
+    run(["stage3_mopd", "model=smollm2_135m", f"student={student}", *[f"teachers.{d}={p}" for d, p in t.items()],
+         "steps=4", "prompts_per_domain=3", "heldout_per_domain=2", "rl.group_size=2", f"rl.seed={seed}",
+         "rl.rollout_batch=16", "rl.trainable_layers=6", "rl.temperature=0.7", "rl.optimizer=adamw",
+         "rl.lr=1.0e-5", "rl.max_new_tokens=32", "rl.max_response_length=512", f"out_dir={out}",
+         f"summary_out={out / 'summary.json'}"], WORK / "logs" / f"{out.name}.log")  # fmt: skip
+    return {**eval_pair(out / "history.json"), **health_evals(out / "model", f"mopd-s{seed}"),
+            **osce(out / "model", f"mopd-s{seed}")}  # fmt: skip
+
+
+def stage2_student(seed: int, steps: int) -> dict:
+    """MOPD's reference arm: the Clip-FKL student it starts from, on the same evaluations."""
+    model = stage2("clip_fkl", seed, steps) / "model"
+    return {**health_evals(model, f"distill-clip_fkl-s{seed}"), **osce(model, f"distill-clip_fkl-s{seed}")}
+
+
+ARMS = {
+    "spar": {a: spar_arm(a) for a in ("spar", "grpo", "spar_global")},
+    "fact": {a: fact_arm(a) for a in ("fact_aware", "rubric_only")},
+    "dynamic": {"dynamic": dynamic_arm, "static": fact_arm("fact_aware")},
+    "clip": {"clip_fkl": clip_arm("clip_fkl"), "fkl": clip_arm("fkl")},
+    "mopd": {"stage2_student": stage2_student, "mopd": mopd_arm},
+}
+REFERENCE = {  # the untrained base on each ablation's evaluation (the first row of its table)
+    "spar": lambda: osce(base_dir(), "base"),
+    "fact": lambda: health_evals(base_dir(), "base"),
+    "dynamic": lambda: health_evals(base_dir(), "base"),
+    "clip": lambda: {**health_evals(base_dir(), "base"), **osce(base_dir(), "base")},
+    "mopd": lambda: {**health_evals(base_dir(), "base"), **osce(base_dir(), "base")},
+}
+SHARED = {("dynamic", "static"): ("fact", "fact_aware")}  # the same run: reuse its result
 
 
 def run_ablation(ablation: str, seeds: list[int], steps: int) -> None:
     d = OUT / ablation
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "base.json").is_file():
-        (d / "base.json").write_text(json.dumps(base_result(ablation), indent=1))
+        (d / "base.json").write_text(json.dumps(REFERENCE[ablation](), indent=1))
     for seed in seeds:
-        for arm in ARMS[ablation]:
+        for arm, fn in ARMS[ablation].items():
             path = d / f"{arm}-s{seed}.json"
             if path.is_file():
                 continue
+            if (ablation, arm) in SHARED:
+                other, other_arm = SHARED[ablation, arm]
+                src = OUT / other / f"{other_arm}-s{seed}.json"
+                if src.is_file():
+                    path.write_text(json.dumps(json.loads(src.read_text()) | {"arm": arm}, indent=1))
+                    continue
             t0 = time.time()
-            res = arm_result(ablation, arm, seed, steps)
+            res = fn(seed, steps)
             res |= {"arm": arm, "seed": seed, "steps": steps, "seconds": round(time.time() - t0)}
             path.write_text(json.dumps(res, indent=1))
     print(table(ablation))
 
 
+def _numeric(rows: list[dict]) -> list[str]:
+    skip = {"seed", "steps", "seconds"}
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k, v in r.items() if isinstance(v, int | float) and k not in skip and k not in keys]
+    return keys
+
+
 def table(ablation: str) -> str:
-    """Mean +- std over seeds per arm, next to the base, from the raw JSON files."""
+    """Mean +- std over seeds per arm, next to the base, from the raw JSON files; writes .md and .png."""
     d = OUT / ablation
     rows = [json.loads(p.read_text()) for p in sorted(d.glob("*-s*.json"))]
     if not rows:
         return f"{ablation}: no finished arm yet"
-    base = json.loads((d / "base.json").read_text()) if (d / "base.json").is_file() else {}
-    metrics = [
-        k for k, v in rows[0].items() if isinstance(v, int | float) and k not in ("seed", "steps", "seconds")
-    ]
-    lines = [f"| arm | seeds | {' | '.join(metrics)} |", "|---|---|" + "---|" * len(metrics)]
-    if base:
+    ref = json.loads((d / "base.json").read_text()) if (d / "base.json").is_file() else {}
+    metrics = _numeric(rows)
+    head = f"| arm | seeds | minutes/arm | {' | '.join(metrics)} |"
+    lines = [head, "|---|---|---|" + "---|" * len(metrics)]
+    if ref:
         lines.append(
-            "| base (untrained) | - | "
-            + " | ".join(f"{base.get(k, float('nan')):.4g}" for k in metrics)
-            + " |"
+            "| base (untrained) | - | - | " + " | ".join(_cell([ref.get(k)]) for k in metrics) + " |"
         )
-    for arm in ARMS.get(ablation, {}):
+    stats: dict[str, dict[str, tuple[float, float]]] = {}
+    for arm in ARMS[ablation]:
         rs = [r for r in rows if r["arm"] == arm]
         if not rs:
             continue
-        cells = []
-        for k in metrics:
-            vals = [r[k] for r in rs if isinstance(r.get(k), int | float)]
-            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-            cells.append(f"{statistics.fmean(vals):.4g} +- {sd:.2g}")
-        lines.append(f"| {arm} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines)
-    (OUT / f"{ablation}.md").write_text(text + "\n")
+        cells = [_cell([r.get(k) for r in rs]) for k in metrics]
+        stats[arm] = {k: _mean_sd([r.get(k) for r in rs]) for k in metrics}
+        mins = statistics.fmean(r["seconds"] for r in rs) / 60
+        lines.append(
+            f"| {arm} | {','.join(str(r['seed']) for r in rs)} | {mins:.0f} | " + " | ".join(cells) + " |"
+        )
+    steps = rows[0]["steps"]
+    text = "\n".join(lines) + f"\n\nSize: {SIZE.format(steps=steps)}.\n"
+    (OUT / f"{ablation}.md").write_text(text)
+    _plot(ablation, stats, ref, metrics)
     return text
+
+
+def _mean_sd(vals: list) -> tuple[float, float]:
+    v = [x for x in vals if isinstance(x, int | float)]
+    if not v:
+        return float("nan"), float("nan")
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else float("nan"))
+
+
+def _cell(vals: list) -> str:
+    m, sd = _mean_sd(vals)
+    if m != m:  # nan: the metric does not apply to this arm
+        return "-"
+    return f"{m:.4g}" if sd != sd else f"{m:.4g} +- {sd:.2g}"
+
+
+def _plot(ablation: str, stats: dict, ref: dict, metrics: list[str]) -> None:
+    """One panel per metric: each arm's mean with its seed spread, the base as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(metrics)
+    cols = min(n, 4)
+    fig, axes = plt.subplots(
+        (n + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.6 * ((n + cols - 1) // cols))
+    )
+    for ax, k in zip(getattr(axes, "flat", [axes]), metrics, strict=False):
+        arms = [a for a in stats if stats[a][k][0] == stats[a][k][0]]
+        means = [stats[a][k][0] for a in arms]
+        errs = [0 if stats[a][k][1] != stats[a][k][1] else stats[a][k][1] for a in arms]
+        ax.bar(arms, means, yerr=errs, capsize=4, color="#4c72b0")
+        if isinstance(ref.get(k), int | float):
+            ax.axhline(ref[k], ls="--", color="grey", lw=1)
+        ax.set_title(k, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(getattr(axes, "flat", []))[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{ablation}: mean +- seed std (dashed: untrained base)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(OUT / f"{ablation}.png", dpi=80)
+    plt.close(fig)
+
+
+def scripted(ablation: str, seeds: list[int]) -> None:
+    """gate and w4 run their own benchmark scripts on the real model; raw JSON to benchmarks/real/."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    if ablation == "gate":
+        if (OUT / "gate.json").is_file():
+            return
+        run(["benchmarks/draft_gate_ablation.py", "--target", str(base_dir()), "--seeds", *map(str, seeds),
+             "--steps", "200", "--prompts-per-domain", "12", "--heldout-per-domain", "4", "--k", "3",
+             "--out", str(OUT / "gate.json")], WORK / "logs" / "gate.log", script=True)  # fmt: skip
+    else:
+        if (OUT / "w4.json").is_file():
+            return
+        run(["benchmarks/quant_memory_quality.py", "--presets", "real", "--seeds", *map(str, seeds[:2]),
+             "--out", str(WORK / "quant"), "--json", str(OUT / "w4.json")], WORK / "logs" / "w4.log", script=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ablation", choices=[*ARMS, "all", "table"])
+    p.add_argument("ablation", choices=[*ARMS, "gate", "w4", "all", "table"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=4)
     args = p.parse_args(argv)
     if args.ablation == "table":
         for a in ARMS:
             print(f"## {a}\n{table(a)}\n")
         return 0
-    for a in ARMS if args.ablation == "all" else [args.ablation]:
-        run_ablation(a, args.seeds, args.steps)
+    todo = [*ARMS, "gate", "w4"] if args.ablation == "all" else [args.ablation]
+    for a in todo:
+        if a in ARMS:
+            run_ablation(a, args.seeds, args.steps)
+        else:
+            scripted(a, [*args.seeds, 2] if a == "gate" and len(args.seeds) < 3 else args.seeds)
     return 0
 
 

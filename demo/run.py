@@ -3,6 +3,10 @@
     base -> three experts -> distill -> MOPD -> Eagle3 draft -> W4 -> serve (transformers serve on
     127.0.0.1) -> HealthBench sample, HealthBench-Hallu, OSCE sample against the served endpoint -> report
 
+With engine=vllm (`make demo PRESET=real ENGINE=vllm`, after `make setup-serve`) the serve step starts
+vLLM's CPU build with m3-mopd and its Eagle3 draft instead, and the evaluations always go through it
+(vLLM batches concurrent requests itself).
+
 Each step is a separate command (stages never import each other; the demo only runs them), and
 each one skips its work when its registered output or its results for the same config exist, so
 re-running `make demo` resumes. Every step leaves a one-line summary JSON in `outputs/demo/`, from
@@ -47,6 +51,7 @@ class DemoConfig:
     draft_steps: int = 30
     quant_eval_examples: int = 4
     port: int = 8765  # the local server of the serve step (127.0.0.1)
+    engine: str = "transformers"  # the serve step's engine: transformers | vllm (with the draft)
     judge: str = "offline"
     max_new_tokens: int = 64  # tiny models ramble: keep demo generations short
     baseline: bool = False  # also evaluate the base model: the eval rows read "base -> final"
@@ -56,6 +61,10 @@ class DemoConfig:
     eval_via_endpoint: bool = True
     step_args: dict[str, list[str]] = field(default_factory=dict)  # extra overrides per step (the preset's)
     steps: list[str] = field(default_factory=lambda: list(STEPS))
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("transformers", "vllm"):
+            raise ValueError(f"engine must be transformers or vllm, got {self.engine!r}")
 
 
 STEPS = ("base", "expert_inquiry", "expert_healthcare", "expert_general", "distill", "mopd", "draft",
@@ -98,8 +107,8 @@ def _command(cfg: DemoConfig, out: Path, step: str, serving: bool) -> list[str]:
     extra = [*cfg.step_args.get(step, []), summary]
     preset = [f"model={cfg.model}"]
     if step in EVALS:
-        if serving and cfg.eval_via_endpoint:  # transformers serve answers to the model's path as its name
-            target = [f"endpoint=http://127.0.0.1:{cfg.port}/v1", f"endpoint_model={registry.resolve(final)}"]
+        if serving and (cfg.eval_via_endpoint or cfg.engine == "vllm"):
+            target = [f"endpoint=http://127.0.0.1:{cfg.port}/v1", f"endpoint_model={_served_name(cfg)}"]
         else:
             target = [f"model={final}"]
         return _eval_command(cfg, step, target, out / f"{step}.json")
@@ -122,9 +131,15 @@ def _command(cfg: DemoConfig, out: Path, step: str, serving: bool) -> list[str]:
                      f"eval.max_new_tokens={cfg.max_new_tokens}", *extra]  # fmt: skip
     if step == "serve":  # the server is started by the demo (kept up for the evals); this is its smoke check
         return py + ["serve.smoke", "--base-url", f"http://127.0.0.1:{cfg.port}/v1", "--model",
-                     str(registry.resolve(final)), "--wait", "600", "--max-tokens", "16",
+                     _served_name(cfg), "--wait", "600", "--max-tokens", "16",
                      "--summary-out", str(out / "serve.json")]  # fmt: skip
     raise ValueError(f"unknown demo step {step!r}; available: {list(STEPS)}")
+
+
+def _served_name(cfg: DemoConfig) -> str:
+    """What requests send as `model`: transformers serve answers to the model's path, vLLM to the
+    launcher's served_model_name."""
+    return "m3" if cfg.engine == "vllm" else str(registry.resolve(final_uri(cfg)))
 
 
 def _baseline(cfg: DemoConfig, out: Path, step: str, summary: dict) -> dict:
@@ -139,6 +154,13 @@ def _baseline(cfg: DemoConfig, out: Path, step: str, summary: dict) -> dict:
     return {**summary, "value": f"base {base['value']} -> final {summary['value']}", "base": base}
 
 
+def serve_command(cfg: DemoConfig, out: Path) -> list[str]:
+    """`python -m serve` for the final model: transformers serve, or vLLM with the Eagle3 draft."""
+    draft = [f"draft=models:/m3-draft@{cfg.alias}"] if cfg.engine == "vllm" else []
+    return [sys.executable, "-m", "serve", f"model={final_uri(cfg)}", f"engine={cfg.engine}", *draft,
+            f"port={cfg.port}", f"log_file={out / 'serve.log'}"]  # fmt: skip
+
+
 def _start_server(cfg: DemoConfig, out: Path) -> subprocess.Popen:
     """`python -m serve` in the background (transformers serve on 127.0.0.1:port, log in out/)."""
     import socket
@@ -146,14 +168,7 @@ def _start_server(cfg: DemoConfig, out: Path) -> subprocess.Popen:
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", cfg.port)) == 0:
             raise ValueError(f"port {cfg.port} is in use: stop what listens there or pass port=<free port>")
-    cmd = [
-        sys.executable,
-        "-m",
-        "serve",
-        f"model={final_uri(cfg)}",
-        f"port={cfg.port}",
-        f"log_file={out / 'serve.log'}",
-    ]
+    cmd = serve_command(cfg, out)
     print(f"   starting the server: {' '.join(cmd[2:])} (log: {out / 'serve.log'})", flush=True)
     return subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True)
 

@@ -54,7 +54,9 @@ class CalibrationConfig:
 @dataclass
 class QuantEvalConfig:
     kl_tolerance: float = 0.05  # nats, mean next-token KL(BF16 || W4) the reload must stay under
-    weight_rel_tolerance: float = 0.3  # per quantized tensor; 4-bit gives ~0.1, re-init ~1.4
+    # per quantized tensor: 4-bit gives ~0.1 on random weights and up to 0.34 on a real model (SmolLM2
+    # layer 11 down_proj, outlier columns); a re-initialised tensor gives ~1.4
+    weight_rel_tolerance: float = 0.5
     healthbench_examples: int = 4  # HealthBench-sample records not used for calibration; 0 skips
     max_new_tokens: int = 64
     judge: JudgeConfig = field(default_factory=simple_evals_judge)  # HealthBench: simple-evals' grader
@@ -108,17 +110,21 @@ def healthbench_score(model_dir: Path, cfg: QuantConfig, offset: int, out: Path)
 
 def size_report(w4_dir: Path, model, group: int, dtype: torch.dtype) -> dict:
     """Measured bytes of the written checkpoint vs the formula, for this model and for the real
-    Qwen3-235B-A22B shapes at the same and at the paper's group size."""
+    Qwen3-235B-A22B shapes at the paper's group size. `model` is this model as served (BF16 scales
+    and unquantized tensors) against its BF16 size: the ratio every summary shows; `stored` is the
+    formula at the dtype the checkpoint was written in (float32 for the real preset), which the
+    measured bytes must equal."""
     shapes = report.model_shapes(model)
     nbytes = torch.finfo(dtype).bits // 8  # scales and unquantized tensors are stored in `dtype`
-    tiny = report.w4_size(shapes, group_size=group, scale_bytes=nbytes, dense_bytes=nbytes)
+    stored = report.w4_size(shapes, group_size=group, scale_bytes=nbytes, dense_bytes=nbytes)
     measured = report.checkpoint_tensor_bytes(w4_dir)
     n_q = sum(k.endswith(".weight_packed") for k in measured)
     real = report.w4_size(report.qwen3_moe_shapes(**report.QWEN3_235B_A22B), group_size=128)
     return {
-        "model": tiny,
+        "model": report.w4_size(shapes, group_size=group),
+        "stored": stored,
         "measured_bytes": sum(measured.values()),
-        "formula_bytes_with_shape_records": tiny["bytes_w4"] + 16 * n_q,
+        "formula_bytes_with_shape_records": stored["bytes_w4"] + 16 * n_q,
         "qwen3_235b_a22b_g128": real,
     }
 

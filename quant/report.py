@@ -40,8 +40,13 @@ QWEN3_235B_A22B = dict(
     vocab=151936,
     tied=False,
 )
-# What stays BF16 (the paper: router, embeddings, lm_head; norms are vectors, never quantized).
-QUANTIZED = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj)\.weight$|\.experts\.(gate_up_proj|down_proj)$")
+# What is quantized: attention, routed experts (fused) and dense MLPs (a dense model such as the real
+# preset's Llama, or dense layers of a MoE). What stays BF16 (the paper: router `mlp.gate`,
+# embeddings, lm_head; norms are vectors, never quantized).
+QUANTIZED = re.compile(
+    r"\.(q_proj|k_proj|v_proj|o_proj)\.weight$|\.experts\.(gate_up_proj|down_proj)$"
+    r"|\.mlp\.(gate_proj|up_proj|down_proj)\.weight$"
+)
 
 
 def qwen3_moe_shapes(

@@ -308,6 +308,12 @@ def _log_history(history: list[dict], out: Path) -> None:
     mlflow.log_artifact(str(out / "history.json"))
     _plot(history, out / "rewards.png")
     mlflow.log_artifact(str(out / "rewards.png"))
+    if (out / "rubric_pool.json").is_file():  # dynamic rubrics: the pool's history as a picture
+        from m3.rl.rubric_pool import RubricPool, plot_history
+
+        mlflow.log_artifact(
+            str(plot_history(RubricPool.load(out / "rubric_pool.json").history, out / "rubric_pool.png"))
+        )
 
 
 def _scheduler(cfg: Stage1Config, rows: list[dict], out: Path):

@@ -13,8 +13,6 @@ batch job with `logprobs=0` (the sampled token's log-prob): `stage2_distill/vllm
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from m3.rl.engine import LocalEngine, LocalRLConfig
@@ -50,21 +48,3 @@ def teacher_samples(
             }
         )
     return records
-
-
-def write_records(records: list[dict], path: Path) -> str:
-    """Parquet via `datasets`; returns the sha256 (16 hex) of the records as canonical JSON lines."""
-    from datasets import Dataset
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Dataset.from_list(records).to_parquet(str(path))
-    h = hashlib.sha256()
-    for r in records:
-        h.update(json.dumps(r, sort_keys=True).encode() + b"\n")
-    return h.hexdigest()[:16]
-
-
-def read_records(path: Path) -> list[dict]:
-    from datasets import Dataset
-
-    return Dataset.from_parquet(str(path)).to_list()

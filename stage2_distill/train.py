@@ -45,7 +45,8 @@ from m3.data.prompts import DOMAINS, domain_rows
 from m3.rl.engine import LocalRLConfig, freeze_below
 from m3.runs import StageRun
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss, gather_logprobs_chunked
-from stage2_distill.rollouts import read_records, teacher_samples, write_records
+from stage2_distill.records import read_records, write_records
+from stage2_distill.rollouts import teacher_samples
 
 
 @dataclass
@@ -136,13 +137,17 @@ def student_logprobs(model, records: list[dict], chunk_size: int):
 
 
 def evaluate(model, held: dict[str, list[dict]], chunk_size: int) -> dict[str, float]:
-    """Mean student log-prob of the teachers' tokens on held-out samples, per domain."""
+    """Per domain, on held-out teacher samples: the student's mean log-prob of the teacher's tokens, and
+    KL(teacher || student) per token by its Monte-Carlo (k1) estimate mean(log q - log p_student) over
+    the same tokens (q: the teacher's log-prob of its own sampled token, as recorded)."""
     out = {}
     with torch.no_grad():
         for d, recs in held.items():
             if recs:
-                logp, _, mask = student_logprobs(model, recs, chunk_size)
-                out[f"eval/{d}/teacher_token_logp"] = float((logp * mask).sum() / mask.sum().clamp(min=1))
+                logp, teacher, mask = student_logprobs(model, recs, chunk_size)
+                n = mask.sum().clamp(min=1)
+                out[f"eval/{d}/teacher_token_logp"] = float((logp * mask).sum() / n)
+                out[f"eval/{d}/kl_teacher_student"] = float(((teacher - logp) * mask).sum() / n)
     return out
 
 
@@ -214,9 +219,11 @@ def main(cfg: Stage2Config):
         model, before, after = train_student(cfg, init_dir, train_recs, held, out)
         model.save_pretrained(out / "model", safe_serialization=True)
         AutoTokenizer.from_pretrained(init_dir).save_pretrained(out / "model")
-        logp = ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in after)
-        print(f"held-out teacher-token log-prob {logp}")
-        gain = ", ".join(f"{k.split('/')[1]} {after[k] - before[k]:+.3f}" for k in after)
+        keys = [k for k in after if k.endswith("/teacher_token_logp")]
+        logp = ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in keys)
+        kl = ", ".join(f"{k.split('/')[1]} {before[k]:.3f}->{after[k]:.3f}" for k in after if k not in keys)
+        print(f"held-out teacher-token log-prob {logp}; KL(teacher || student) {kl}")
+        gain = ", ".join(f"{k.split('/')[1]} {after[k] - before[k]:+.3f}" for k in keys)
         return run.publish(
             out / "model",
             summary_out=cfg.summary_out,

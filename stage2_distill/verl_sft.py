@@ -112,7 +112,7 @@ class TeacherRecordsDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, parquet_files, tokenizer=None, config=None, processor=None, max_samples: int = -1):
-        from stage2_distill.rollouts import read_records
+        from stage2_distill.records import read_records
 
         config = config or {}
         if config.get("pad_mode", "no_padding") != "no_padding":

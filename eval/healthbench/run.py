@@ -79,11 +79,17 @@ def _append(path: Path, record: dict) -> None:
 
 
 # --- generation ------------------------------------------------------------------------------
+def _prompt_chars(ex: HealthBenchExample) -> int:
+    return sum(len(m["content"]) for m in ex.prompt)
+
+
 def generate_missing(
     cfg: HealthBenchRunConfig, examples: list[HealthBenchExample], path: Path
 ) -> dict[str, str]:
     done = {r["prompt_id"]: r["completion"] for r in read_jsonl_resumable(path)}
-    todo = [e for e in examples if e.prompt_id not in done]
+    # shortest conversations first: a local batch then pads to similar lengths (the sample's prompts
+    # run from 12 to 4,266 characters); completions are keyed by prompt_id, scoring keeps data order
+    todo = sorted((e for e in examples if e.prompt_id not in done), key=_prompt_chars)
     if not todo:
         return done
     g = cfg.generation

@@ -283,6 +283,46 @@ class RubricPool:
         )
 
 
+def active_counts(history: list[dict]) -> list[tuple[int, int, int, int]]:
+    """Per step of the pool's history: (step, admitted so far, retired so far, active now)."""
+    out, admitted, retired = [], 0, 0
+    for e in sorted(history, key=lambda e: e["step"]):
+        admitted += e["event"] == "admitted"
+        retired += e["event"] == "retired"
+        if out and out[-1][0] == e["step"]:
+            out.pop()
+        out.append((e["step"], admitted, retired, admitted - retired))
+    return out
+
+
+def plot_history(history: list[dict], path: str | Path) -> Path:
+    """The pool over training: active items per step, with each admission and retirement marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    rows = active_counts(history)
+    if rows:
+        ax.step([r[0] for r in rows], [r[3] for r in rows], where="post", label="active items")
+    for event, marker, color in (
+        ("admitted", "^", "#55A868"),
+        ("retired", "v", "#C44E52"),
+        ("rejected", "x", "grey"),
+    ):
+        steps = [e["step"] for e in history if e["event"] == event]
+        ax.scatter(steps, [0] * len(steps), marker=marker, color=color, label=f"{event} ({len(steps)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("items")
+    ax.set_title("dynamic rubric pool", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
 _POOL_FILES: dict[Path, tuple[int, RubricPool]] = {}  # path -> (mtime, pool): one read per change
 
 

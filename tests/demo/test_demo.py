@@ -19,6 +19,22 @@ def test_unknown_step_is_refused(tmp_path):
         demo.main([f"out_dir={tmp_path}", "steps=[base,stage9]"])
 
 
+def test_engine_vllm_serves_the_draft_and_evaluates_through_it(tmp_path):
+    cfg = demo.compose("demo", ["preset=real", "engine=vllm"])
+    serve = demo.serve_command(cfg, tmp_path)
+    assert (
+        "engine=vllm" in serve
+        and "draft=models:/m3-draft@real" in serve
+        and "model=models:/m3-mopd@real" in serve
+    )
+    for step in demo.EVALS:  # eval_via_endpoint=false in the preset: vLLM batches, so the evals use it
+        cmd = demo._command(cfg, tmp_path, step, serving=True)
+        assert f"endpoint=http://127.0.0.1:{cfg.port}/v1" in cmd and "endpoint_model=m3" in cmd
+    assert "engine=transformers" in demo.serve_command(demo.compose("demo"), tmp_path)
+    with pytest.raises(ValueError, match="engine must be transformers or vllm"):
+        demo.compose("demo", ["engine=sglang"])
+
+
 @pytest.mark.slow
 def test_demo_runs_every_step_serves_and_reports(mlflow_store, tmp_path):
     out = tmp_path / "demo"

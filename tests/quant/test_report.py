@@ -39,6 +39,18 @@ def test_fused_experts_counted_per_expert_row():
     assert s["bytes_w4"] == 4 * 512 / 8 + 8 * 1 * 2
 
 
+def test_dense_mlp_is_quantized_and_the_router_is_not():
+    # a dense Llama layer (the real preset) quantizes its MLP; a MoE router `mlp.gate` stays BF16
+    shapes = {
+        "l.mlp.gate_proj.weight": (4, 64),
+        "l.mlp.down_proj.weight": (64, 4),
+        "l.mlp.gate.weight": (8, 64),
+    }
+    s = w4_size(shapes, group_size=64)
+    assert s["params_quantized"] == 512
+    assert s["bytes_w4"] == 4 * 256 / 8 + 4 * 1 * 2 + 4 * 256 / 8 + 64 * 1 * 2 + 512 * 2
+
+
 def test_real_qwen3_235b_shapes_match_the_card():
     shapes = qwen3_moe_shapes(**QWEN3_235B_A22B)
     s = w4_size(shapes, group_size=128)

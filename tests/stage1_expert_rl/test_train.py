@@ -176,6 +176,7 @@ def test_dynamic_rubrics_run_locally_and_log_the_pool(mlflow_store, tiny_dir, tm
     mv = train.main(cfg)
     pool = json.loads((tmp_path / "run" / "rubric_pool.json").read_text())
     assert pool["config"]["dynamic"] is True and len(pool["window"]) == 2  # both steps observed
+    assert (tmp_path / "run" / "rubric_pool.png").is_file()  # the pool's history, plotted
     client = mlflow.MlflowClient()
     arts = [a.path for a in client.list_artifacts(mv.run_id, "rubric_pool")]
     assert arts == ["rubric_pool/epoch-001.json"]  # 2 prompts, 1 per step: one epoch

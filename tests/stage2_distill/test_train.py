@@ -12,7 +12,7 @@ from m3 import registry
 from m3.config import compose
 from m3.model.tiny import write_tiny_checkpoint
 from stage2_distill import train
-from stage2_distill.rollouts import read_records
+from stage2_distill.records import read_records
 
 
 def test_local_distillation_run(mlflow_store, tiny_dir, tmp_path):
@@ -48,7 +48,11 @@ def test_local_distillation_run(mlflow_store, tiny_dir, tmp_path):
     assert sum(losses[-4:]) < sum(losses[:4])  # learning happened
     assert all(0.0 <= h["clip/masked_frac"] <= 1.0 for h in log["history"])
     before, after = log["eval_before"], log["eval_after"]
-    assert sum(after.values()) > sum(before.values())  # held-out teacher tokens became more likely
+    logp = [k for k in after if k.endswith("/teacher_token_logp")]
+    kl = [k for k in after if k.endswith("/kl_teacher_student")]
+    assert len(logp) == len(kl) == 3
+    assert sum(after[k] for k in logp) > sum(before[k] for k in logp)  # teacher tokens more likely
+    assert sum(after[k] for k in kl) < sum(before[k] for k in kl)  # and the student closer to the teachers
     assert json.loads(mv.tags["m3.parents"])[1:] == [
         f"models:/m3-expert-{d}/1" for d in ("inquiry", "healthcare", "general")
     ]

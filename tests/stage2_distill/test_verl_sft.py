@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from stage2_distill import verl_sft
 from stage2_distill.losses import clip_forward_kl_loss, forward_kl_nll_loss
-from stage2_distill.rollouts import write_records
+from stage2_distill.records import write_records
 
 
 def test_mixture_indices_hand_computed():

@@ -3,6 +3,7 @@ the same records as the local path, and the consultation path on a stand-in serv
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -140,3 +141,22 @@ def test_teacher_command():
         "--temperature": "1.0", "--max-tokens": "2048", "--max-response-length": "8192", "--seed": "3",
         "--tensor-parallel-size": "8",
     }  # fmt: skip
+
+
+def test_engine_kwargs_cuda_and_cpu():
+    cuda = vt.engine_kwargs("/ckpt/t", seed=3, tensor_parallel_size=8)
+    assert cuda == {"model": "/ckpt/t", "tensor_parallel_size": 8, "seed": 3, "trust_remote_code": False,
+                    "dtype": "auto"}  # fmt: skip
+    cpu = vt.engine_kwargs("/m", seed=0, cpu=True, enforce_eager=True, max_model_len=2048)
+    assert cpu["dtype"] == "float32" and cpu["enforce_eager"] and cpu["max_model_len"] == 2048
+    assert vt.engine_kwargs("/m", seed=0, cpu=True, dtype="bfloat16")["dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="one engine process"):
+        vt.engine_kwargs("/m", seed=0, tensor_parallel_size=2, cpu=True)
+
+
+def test_inquiry_without_verl_fails_before_the_engine(monkeypatch):
+    monkeypatch.setitem(sys.modules, "m3.rl.agent_loop", None)  # as in .venv-serve: no verl
+    with pytest.raises(ValueError, match="needs verl"):
+        vt.generate("/no/such/teacher", "inquiry", [])
+    with pytest.raises(ValueError, match="unknown domain"):
+        vt.generate("/no/such/teacher", "surgery", [])

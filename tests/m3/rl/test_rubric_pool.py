@@ -11,7 +11,14 @@ import pytest
 from m3.judges.base import RubricItem
 from m3.judges.offline import OfflineRubricJudge
 from m3.rl.rubric_miner import Rollout, RubricEvolution, dedup, flaws_of, offline_candidates
-from m3.rl.rubric_pool import Candidate, DynamicRubricConfig, RubricPool, validate_candidate
+from m3.rl.rubric_pool import (
+    Candidate,
+    DynamicRubricConfig,
+    RubricPool,
+    active_counts,
+    plot_history,
+    validate_candidate,
+)
 from tests.fakes.facts import DOSE, WRONG, ScriptedFacts
 
 PROMPT = [{"role": "user", "content": "I have a runny nose and a sore throat. What should I take?"}]
@@ -63,6 +70,9 @@ def test_frequent_flaw_is_mined_admitted_injected_then_retired(tmp_path):
     assert (
         json.loads((tmp_path / "pool.json").read_text())["version"] == evo.pool.version
     )  # saved each update
+    # the history as counts per step (admitted at step 2, retired at step 4) and as a plot
+    assert active_counts(evo.pool.history) == [(2, 1, 0, 1), (4, 1, 1, 0)]
+    assert plot_history(evo.pool.history, tmp_path / "pool.png").stat().st_size > 0
 
 
 def test_rare_flaw_is_not_admitted(tmp_path):
