@@ -13,7 +13,8 @@
 Same code path as the pipeline: every arm is the stage's own entry point (`python -m
 stage1_expert_rl ...`), the evaluations are `python -m eval.osce|healthbench|hallu`, all on the real
 preset, in one MLflow store of their own (outputs/ablations/mlruns: the pipeline's registry is never
-touched). Arms of one ablation share the data, the seeds, the steps and every size below, and differ
+touched; `M3_ABLATIONS_WORK=DIR` gives a second concurrent runner a store of its own). Arms of one
+ablation share the data, the seeds, the steps and every size below, and differ
 only in the ablated piece. The CPU size (stated in each table): the top 6 of 30 layers train, rollouts
 in batches of 16 at temperature 0.7, 8 training prompts (2 per step, 4 samples each), two inquiry
 turns in RL, 32-64 new tokens per turn. Evaluations are greedy on held-out data nobody trains on:
@@ -47,7 +48,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: import the checkout's packages
 OUT = REPO / "benchmarks" / "real"
-WORK = REPO / "outputs" / "ablations"
+# M3_ABLATIONS_WORK: a store of its own per concurrent runner (two ablations at once, one thread each)
+WORK = Path(os.environ.get("M3_ABLATIONS_WORK", REPO / "outputs" / "ablations")).resolve()
 CPU_RL = [
     "model=smollm2_135m",
     "rl.rollout_batch=16",

@@ -172,7 +172,10 @@ _SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{16,}|Bearer\s
 
 
 def _secret_env_values() -> list[str]:
-    return [v for k, v in os.environ.items() if _SECRET_KEY.search(k) and len(v) >= 6]
+    # a snapshot of the keys, then .get: another thread (MLflow's telemetry) may unset a variable
+    # while we read, and iterating os.environ.items() would then raise KeyError
+    values = ((k, os.environ.get(k)) for k in list(os.environ))
+    return [v for k, v in values if v is not None and _SECRET_KEY.search(k) and len(v) >= 6]
 
 
 def redact(obj: Any) -> Any:

@@ -84,3 +84,27 @@ def test_base_rejects_pickled_weights(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="safetensors only"):
         check_safetensors_only(tmp_path)
+
+
+def test_up_to_date_keeps_the_figures_its_run_summarised(mlflow_store, tiny_dir, tmp_path):
+    """A resumed demo: the skip path must not overwrite the summary the registering run wrote,
+    and writes its own line where the file holds another version's or another step's summary."""
+    from m3.runs import StageRun
+
+    summary = tmp_path / "s.json"
+    run = StageRun("m3-base", {"a": 1}, stage="base", step="base")
+    assert run.up_to_date(str(summary), "b") is None
+    run.publish(tiny_dir, summary_out=str(summary), metric="reward", value="0.2->0.3 (v{version})")
+    assert int(run.up_to_date(str(summary), "b").version) == 1
+    assert json.loads(summary.read_text())["value"] == "0.2->0.3 (v1)"
+    summary.write_text(json.dumps({"step": "base", "metric": "reward", "value": "0.2->0.3 (v7)"}))
+    run.up_to_date(str(summary), "b")
+    assert json.loads(summary.read_text())["value"] == "v1"
+    summary.write_text(json.dumps({"step": "draft", "metric": "al", "value": "v1"}))
+    run.up_to_date(str(summary), "b")
+    assert json.loads(summary.read_text()) == {
+        "step": "base",
+        "metric": "registered (up to date)",
+        "value": "v1",
+        "backend": "b",
+    }
