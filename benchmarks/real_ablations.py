@@ -249,16 +249,26 @@ def fact_arm(arm: str):
     return go
 
 
-def dynamic_arm(seed: int, steps: int) -> dict:
-    out = stage1(
-        "healthcare", "dynamic", seed, steps, ["+rl.reward_kwargs.fact_aware=true", "rubrics.dynamic=true"]
-    )
-    pool = json.loads((out / "rubric_pool.json").read_text()) if (out / "rubric_pool.json").is_file() else {}
-    events = [
-        {k: e.get(k) for k in ("event", "item", "step", "epoch", "why")} for e in pool.get("history", [])
-    ]
-    res = {**stage1_metrics(out), **health_evals(out / "model", f"healthcare-dynamic-s{seed}")}
-    return res | {"n_admitted": sum(e["event"] == "admitted" for e in events), "pool_events": events}
+def rubric_arm(dynamic: bool, n_prompts: int = 8):
+    """Healthcare expert, Fact-Aware on, static or dynamic rubrics. The pool admits items at epoch
+    ends: with 8 prompts (2 a step) the 4 steps are one epoch and nothing admitted reaches training;
+    with 4 prompts they are two epochs, so items admitted after epoch 1 shape steps 3-4."""
+    tag = ("dynamic" if dynamic else "static") + ("" if n_prompts == 8 else f"_{n_prompts}p")
+
+    def go(seed: int, steps: int) -> dict:
+        extra = ["+rl.reward_kwargs.fact_aware=true", f"n_prompts={n_prompts}"]
+        out = stage1("healthcare", tag, seed, steps, extra + (["rubrics.dynamic=true"] if dynamic else []))
+        res = {**stage1_metrics(out), **health_evals(out / "model", f"healthcare-{tag}-s{seed}")}
+        if not dynamic:
+            return res
+        pool = json.loads((out / "rubric_pool.json").read_text())
+        events = [{k: e.get(k) for k in ("event", "item", "step", "epoch", "why")} for e in pool["history"]]
+        if (out / "rubric_pool.png").is_file():  # the pool's history as a picture, beside the JSON
+            shutil.copy(out / "rubric_pool.png", OUT / "dynamic" / f"pool-{tag}-s{seed}.png")
+        n_admitted = sum(e["event"] == "admitted" for e in events)
+        return res | {"n_admitted": n_admitted, "n_candidates": len(pool["items"]), "pool_events": events}
+
+    return go
 
 
 def clip_arm(loss: str):
@@ -292,7 +302,12 @@ def stage2_student(seed: int, steps: int) -> dict:
 ARMS = {
     "spar": {a: spar_arm(a) for a in ("spar", "grpo", "spar_global")},
     "fact": {a: fact_arm(a) for a in ("fact_aware", "rubric_only")},
-    "dynamic": {"dynamic": dynamic_arm, "static": fact_arm("fact_aware")},
+    "dynamic": {
+        "dynamic": rubric_arm(True),
+        "static": fact_arm("fact_aware"),
+        "dynamic_4p": rubric_arm(True, 4),
+        "static_4p": rubric_arm(False, 4),
+    },
     "clip": {"clip_fkl": clip_arm("clip_fkl"), "fkl": clip_arm("fkl")},
     "mopd": {"stage2_student": stage2_student, "mopd": mopd_arm},
 }
