@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Gated vs ungated Eagle3 on the real target (SmolLM2-135M-Instruct) at the GPU size, on the lent H200.
 # The same code path as benchmarks/draft_gate_ablation.py on CPU; only the sizes and the device differ.
-# Status: written for the lent H200 but NOT RUN: no device machine was lent in the session that wrote it.
+# Run on 2026-12-05 (benchmarks/real/gate-device.json, RESULTS.md): one seed takes about 400 s there
+# (the reference decoder's per-token Python loops, not the GPU), so give each call one seed; a warm
+# machine keeps /tmp/m3kit/real, and a next call can run draft_gate_ablation.py on it directly.
 #
 # The GGUF (98 MB) is larger than one device call carries (64 MiB), so it travels in two halves
 # (../shared/REAL_MODEL.md). Prepare here, once (.devkit/ is listed in .git/info/exclude):

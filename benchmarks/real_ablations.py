@@ -178,6 +178,9 @@ def stage1_metrics(out: Path) -> dict:
     if viol:
         res["train_violation_rate"] = statistics.fmean(viol)
     res["train_reward_first_last"] = [hist[0]["reward_mean"], hist[-1]["reward_mean"]]
+    # per step: what a reward change did to GRPO's group-normalised advantages (equal = same update)
+    res["train_reward_per_step"] = [h["reward_mean"] for h in hist]
+    res["train_adv_abs_mean_per_step"] = [h.get("adv_abs_mean") for h in hist]
     return res
 
 

@@ -311,9 +311,9 @@ def _log_history(history: list[dict], out: Path) -> None:
     if (out / "rubric_pool.json").is_file():  # dynamic rubrics: the pool's history as a picture
         from m3.rl.rubric_pool import RubricPool, plot_history
 
-        mlflow.log_artifact(
-            str(plot_history(RubricPool.load(out / "rubric_pool.json").history, out / "rubric_pool.png"))
-        )
+        pool = RubricPool.load(out / "rubric_pool.json")
+        counts = [h for h in history if "rubric_pool/active" in h]
+        mlflow.log_artifact(str(plot_history(pool.history, out / "rubric_pool.png", counts)))
 
 
 def _scheduler(cfg: Stage1Config, rows: list[dict], out: Path):

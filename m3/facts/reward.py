@@ -197,6 +197,8 @@ async def compute_score(
     ]
     conversation = list(info["prompt"])
     dynamic, version = _dynamic_items(info, conversation, kwargs.get("rubric_pool"))
+    core = {it.criterion for it in items}  # a restated core item counts once on its own prompt
+    dynamic = [it for it in dynamic if it.criterion not in core]
     task = await _rubric_verifier().score(conversation, solution_str, items + dynamic)
     extras = {"n_dynamic": len(dynamic), "rubric_pool_version": version}
     if not kwargs.get("fact_aware", True):  # the rubric-only arm: R = R_task

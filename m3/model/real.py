@@ -93,6 +93,11 @@ def load_gguf(path: Path | None = None, dtype: str = "float32"):
         path.parent, gguf_file=path.name, dtype=getattr(torch, dtype)
     )
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if getattr(model, "hf_quantizer", None) is not None:
+        # transformers >= 5.17 tags a GGUF-loaded model as quantized (method "gguf") and refuses to
+        # save it, although its weights are already dequantized floats: it is a plain model from here
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
     ids = special_token_ids(path)
     tokens = {f"{k}_token": tokenizer.convert_ids_to_tokens(v) for k, v in ids.items()}
     tokenizer.add_special_tokens(tokens)  # existing vocabulary entries: ids unchanged

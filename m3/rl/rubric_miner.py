@@ -21,7 +21,9 @@ evidence responses. Verification: "auto" (structural checks only: the offline de
 substitute for review), "judge" (a strong LLM judge accepts or rejects each candidate), "human" (a
 review JSONL: every new candidate is appended with "decision": null; set it to "accept" or
 "reject" and the next update applies it). A candidate within `merge_threshold` MiniLM cosine of a
-core item or a pool item is merged into it, not added.
+core item or a pool item is merged into it, not added; a restated core negative item is compared with
+the pool items only (it is a core item by construction, and exists to reach the other prompts on its
+topic; `m3.facts.reward` never counts it twice on a prompt that has it as a core item).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Flaw:
     kind: str  # refuted_claim | uncertain_claim | unsupported_dose | missing_safety | negative_item
     detail: str  # the claim, the red flag, or the item's criterion
     failure_mode: str  # the signature frequencies are counted on
+    topic: tuple[str, ...] = ()  # negative_item: the criterion's keywords that its prompt also has
 
 
 def top_responses(rollouts: list[Rollout], quantile: float) -> list[Rollout]:
@@ -90,10 +93,11 @@ def flaws_of(r: Rollout, claims: list[tuple[str, str]], negative_hits: list[Rubr
         dose = any(q.unit in ("mg", "mcg", "g", "ml", "iu", "unit") for q in extract_quantities(claim))
         kind = "unsupported_dose" if dose else ("refuted_claim" if label == "Refuted" else "uncertain_claim")
         out.append(Flaw(r.id, kind, claim, f"{SIGNATURE[kind]}:{normalize_claim(claim)}"))
+    prompt_words = set(keywords(r.prompt_text))
     for item in negative_hits:
-        out.append(
-            Flaw(r.id, "negative_item", item.criterion, f"negative_item:{normalize_claim(item.criterion)}")
-        )
+        topic = tuple(k for k in keywords(item.criterion) if k in prompt_words)[:3]
+        mode = f"negative_item:{normalize_claim(item.criterion)}"
+        out.append(Flaw(r.id, "negative_item", item.criterion, mode, topic))
     if not URGENT_CARE.search(r.response):
         for flag in red_flags(r.prompt_text):
             out.append(Flaw(r.id, "missing_safety", flag, f"missing_safety:{flag}"))
@@ -109,12 +113,11 @@ def offline_candidates(flaws: list[Flaw], core_points: dict[str, float] | None =
     for mode, fs in sorted(by_mode.items()):
         first = fs[0]
         evidence = sorted({f.response_id for f in fs})
-        if (
-            first.kind == "negative_item"
-        ):  # a core negative item hit by top responses: restated for every prompt on its topic
+        if first.kind == "negative_item":
+            # a core negative item hit by top responses: restated for every prompt on its topic (the
+            # criterion's words its prompt shares, as keyword stems; none shared: every prompt)
             points = int(round((core_points or {}).get(first.detail, -5)))
-            scope = keywords(first.detail)[:3]
-            out.append(Candidate(first.detail, max(points, -10), mode, evidence, scope))
+            out.append(Candidate(first.detail, max(points, -10), mode, evidence, list(first.topic)))
             continue
         scope = [first.detail] if first.kind == "missing_safety" else []
         out.append(
@@ -283,17 +286,21 @@ class RubricEvolution:
             known = self.pool.by_failure_mode(f.failure_mode)
             if known is not None and f.response_id not in known.evidence:
                 known.evidence.append(f.response_id)
-        existing = sorted({it.criterion for r in rollouts for it in r.core}) + [
-            it.criterion for it in self.pool.items.values()
-        ]
-        candidates, dups = dedup(
-            [c for c in candidates if validate_candidate(c) is None], existing, self.cfg.merge_threshold
-        )
-        for c, j in dups:  # merged into the pool item it duplicates (core duplicates need no item)
-            n_core = len(existing) - len(self.pool.items)
-            if j >= n_core:
-                item = list(self.pool.items.values())[j - n_core]
-                item.evidence = sorted(set(item.evidence) | set(c.evidence))
+        core = sorted({it.criterion for r in rollouts for it in r.core})
+        pool_items = list(self.pool.items.values())
+        valid = [c for c in candidates if validate_candidate(c) is None]
+        # A restated core negative item IS a core criterion: it exists to reach the other prompts on its
+        # topic, so only a pool item can duplicate it (its own prompt never counts it twice: facts.reward
+        # drops a dynamic item equal to a row's core item). Every other candidate that a core item
+        # already covers needs no item.
+        restated = [c for c in valid if c.failure_mode.startswith("negative_item:")]
+        kept_r, dups_r = dedup(restated, [it.criterion for it in pool_items], self.cfg.merge_threshold)
+        others = [c for c in valid if not c.failure_mode.startswith("negative_item:")]
+        kept_o, dups_o = dedup(others, core + [it.criterion for it in pool_items], self.cfg.merge_threshold)
+        merged = dups_r + [(c, j - len(core)) for c, j in dups_o if j >= len(core)]
+        for c, j in merged:  # merged into the pool item it duplicates
+            pool_items[j].evidence = sorted(set(pool_items[j].evidence) | set(c.evidence))
+        candidates = kept_r + kept_o
         self.pool.add_candidates(candidates, step, await self._verdicts(candidates, step))
         self.pool.save(self.path)
         return flaws

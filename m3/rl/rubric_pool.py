@@ -22,9 +22,11 @@ prompt cluster of a few-hundred-prompt RL set sees each of them only a handful o
 reach a frequency threshold; so the pool is global and an item carries `scope`: keywords a prompt
 must contain for the item to apply (empty = every prompt). Negative claim items need no scope (they
 only fire when the claim is made); a positive safety item is scoped to its red flag, so an eczema
-prompt is never graded on chest-pain advice.
+prompt is never graded on chest-pain advice; a restated core negative item is scoped to the words its
+criterion shares with the prompt it came from (as keyword stems), or to every prompt when none.
 
-Injection (eq. 1 unchanged): R_task is computed over the row's core items plus `items_for(prompt)`.
+Injection (eq. 1 unchanged): R_task is computed over the row's core items plus `items_for(prompt)`,
+less any dynamic item equal to one of the row's core items (counted once).
 Locally the trainer writes them into each row (`extra_info["dynamic_rubrics"]` and
 `"rubric_pool_version"`). On a cluster the pool file lives on shared storage: the miner
 (`python -m stage1_expert_rl.rubric_miner`, on the head node) reads verl's per-step rollout dumps
@@ -44,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from m3.judges.base import RubricItem
+from m3.text.lexical import keywords
 from m3.text.normalize import fold
 
 STATUSES = ("candidate", "active", "retired", "rejected")
@@ -123,8 +126,12 @@ class DynamicItem:
         return RubricItem(self.criterion, float(self.points), ("dynamic", self.id))
 
     def applies_to(self, prompt_text: str) -> bool:
-        text = fold(prompt_text)
-        return not self.scope or any(re.search(rf"\b{re.escape(fold(k))}\b", text) for k in self.scope)
+        """Global without a scope; else when the prompt has one scope entry, as a phrase (a red flag:
+        "chest pain") or as a keyword stem (a restated item's topic: "antibiotic" matches "antibiotics")."""
+        if not self.scope:
+            return True
+        text, stems = fold(prompt_text), set(keywords(prompt_text))
+        return any(k in stems or re.search(rf"\b{re.escape(fold(k))}\b", text) for k in self.scope)
 
 
 class RubricPool:
@@ -295,24 +302,35 @@ def active_counts(history: list[dict]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def plot_history(history: list[dict], path: str | Path) -> Path:
-    """The pool over training: active items per step, with each admission and retirement marked."""
+def plot_history(history: list[dict], path: str | Path, counts: list[dict] | None = None) -> Path:
+    """The pool over training: items per step by status, each admission and retirement marked.
+
+    `counts`: the trainer's per-step rows (`rubric_pool/candidate|active|retired`, history.json), drawn
+    over every step; without them, the active count after each event of `history`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3))
-    rows = active_counts(history)
-    if rows:
-        ax.step([r[0] for r in rows], [r[3] for r in rows], where="post", label="active items")
+    active_at: dict[int, int] = {r[0]: r[3] for r in active_counts(history)}
+    if counts:
+        steps = [int(c["step"]) for c in counts]
+        for key, color in (("candidate", "#8172B2"), ("active", "#4C72B0"), ("retired", "#C44E52")):
+            ax.plot(steps, [c.get(f"rubric_pool/{key}", 0) for c in counts], "-o", ms=3, color=color,
+                    label=f"{key} items")  # fmt: skip
+        active_at |= {int(c["step"]): c.get("rubric_pool/active", 0) for c in counts}
+    elif active_at:
+        ax.step(list(active_at), list(active_at.values()), where="post", label="active items")
     for event, marker, color in (
         ("admitted", "^", "#55A868"),
         ("retired", "v", "#C44E52"),
         ("rejected", "x", "grey"),
     ):
         steps = [e["step"] for e in history if e["event"] == event]
-        ax.scatter(steps, [0] * len(steps), marker=marker, color=color, label=f"{event} ({len(steps)})")
+        ys = [active_at.get(st, 0) for st in steps]
+        ax.scatter(steps, ys, marker=marker, s=60, color=color, zorder=3, label=f"{event} ({len(steps)})")
     ax.set_xlabel("step")
     ax.set_ylabel("items")
     ax.set_title("dynamic rubric pool", fontsize=9)

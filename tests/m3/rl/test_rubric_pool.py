@@ -26,11 +26,13 @@ CORE = [RubricItem("Advises rest and fluids.", 5), RubricItem("Recommends antibi
 
 
 def rollouts(step: int, n: int, flawed: int, claim: str = WRONG, r_task: float = 0.9) -> list[Rollout]:
-    """n responses of one step; the first `flawed` state `claim` (all score high on the rubric)."""
+    """n responses of one step; the first `flawed` state `claim` (all score high on the rubric, and none
+    hits its negative item: the claim is the only flaw; a hit core item is the last test's subject)."""
+    core = [CORE[0], RubricItem("Recommends aspirin for a child.", -5)]
     out = []
     for i in range(n):
         text = "Rest and drink fluids. Rest helps recovery." + (f" {claim}" if i < flawed else "")
-        out.append(Rollout(f"s{step}-{i}", PROMPT, text, r_task - 0.01 * i, CORE))
+        out.append(Rollout(f"s{step}-{i}", PROMPT, text, r_task - 0.01 * i, core))
     return out
 
 
@@ -210,3 +212,54 @@ def test_injected_items_count_in_eq_1(monkeypatch, tmp_path):
         facts_reward.compute_score("m3_healthcare", "x", None, info, fact_aware=False, rubric_pool=str(path))
     )
     assert out["r_task"] == pytest.approx(10 / 16) and out["rubric_pool_version"] == pool.version
+
+
+class KeywordJudge:
+    """Grades an item met when the response has its first keyword (the judge is not under test)."""
+
+    name = "keyword"
+
+    async def grade_items(self, conversation, response, items):
+        from m3.judges.base import ItemVerdict
+        from m3.text.lexical import keywords
+
+        said = set(keywords(response))
+        return [ItemVerdict(keywords(it.criterion.split(" for ")[0])[-1] in said) for it in items]
+
+
+def test_restated_core_negative_item_reaches_other_prompts_once(monkeypatch, tmp_path):
+    """A core negative item that the top responses of prompt A hit is mined, admitted at the epoch's
+    end, applies to prompt B on its topic (eq. 1 counts it there) and is not counted twice on A."""
+    from m3.facts import reward as facts_reward
+    from m3.judges.rubric import RubricVerifier
+
+    a = [{"role": "user", "content": "I have a sore throat. Should I take antibiotics?"}]
+    core = [RubricItem("Advises rest and fluids.", 5), RubricItem("Recommends antibiotics for a viral sore throat.", -5)]  # fmt: skip
+    cfg = DynamicRubricConfig(dynamic=True, window=2, admit_frequency=0.3, min_support=2, top_quantile=0.0)
+    evo = RubricEvolution(cfg, tmp_path / "pool.json", fact_reward=ScriptedFacts(), judge=KeywordJudge())
+    said = ["Rest and drink fluids." + (" Take antibiotics." if i < 3 else "") for i in range(4)]
+    rs = [Rollout(f"s1-{i}", a, text, 0.9 - 0.01 * i, core) for i, text in enumerate(said)]
+    asyncio.run(evo.step(1, rs))
+    asyncio.run(evo.end_epoch(1, 1))
+    (item,) = evo.pool.active()  # 3 of 4 responses: admitted, though the item is one of A's core items
+    assert (item.criterion, item.points) == (core[1].criterion, -5)
+    assert item.scope == ["antibiotic", "sor", "throat"] and sorted(item.evidence) == ["s1-0", "s1-1", "s1-2"]
+    b = "My ear hurts. Do antibiotics help an ear infection?"
+    assert evo.row_items(b) and not evo.row_items("How do I ice a sprained ankle?")
+
+    monkeypatch.setattr(facts_reward, "_VERIFIER", RubricVerifier(KeywordJudge()))
+
+    def r_task(prompt: str, rubrics: list[RubricItem], response: str) -> dict:
+        info = {"rubrics": [{"criterion": c.criterion, "points": c.points} for c in rubrics],
+                "prompt": [{"role": "user", "content": prompt}], "dynamic_rubrics": evo.row_items(prompt)}  # fmt: skip
+        return asyncio.run(
+            facts_reward.compute_score("m3_healthcare", response, None, info, fact_aware=False)
+        )
+
+    on_b = r_task(b, core[:1], "Rest and drink fluids. Take antibiotics.")
+    # eq. 1 on B: (5 - 5 + 5) / 10 with the item hit (1.0 without the pool), (5 + 5) / 10 without it
+    assert on_b["n_dynamic"] == 1 and on_b["r_task"] == pytest.approx(0.5)
+    assert r_task(b, core[:1], "Rest and drink fluids.")["r_task"] == pytest.approx(1.0)
+    on_a = r_task(a[0]["content"], core, "Rest and drink fluids. Take antibiotics.")
+    # on A the item counts once: (5 - 5 + 5) / 10, not (5 - 10 + 10) / 15
+    assert on_a["n_dynamic"] == 0 and on_a["r_task"] == pytest.approx(0.5)
