@@ -4,6 +4,7 @@
     python benchmarks/draft_gate_ablation.py --steps 300 --seeds 0 1 2 3 4
     python benchmarks/draft_gate_ablation.py --target DIR --write-prompts p.json   # the real preset's prompts
     python benchmarks/draft_gate_ablation.py --target DIR --prompts-json p.json --device cuda --steps 2000
+    python benchmarks/draft_gate_ablation.py --target DIR --k 3 --tree-topk 4 --tree-tokens 8   # + tree
 
 With `--target DIR` (e.g. the real preset, m3.model.real.convert) the target is that checkpoint as
 it is. `--write-prompts` stores the prompt token ids (train and held-out) and exits, so a machine
@@ -15,13 +16,15 @@ The target answers `--prompts-per-domain` prompts of each domain once (greedy, s
 seeds). Per seed, a gated and an ungated draft start from the same weights (the gate is the only
 extra tensor, draft_eagle3.model) and train side by side on the same batches
 (draft_eagle3.train.train_side_by_side); then reference speculative decoding (chain, k draft tokens)
-on held-out prompts gives each one's acceptance length (tokens per target forward). Prints a JSON
+on held-out prompts gives each one's acceptance length (tokens per target forward); with
+`--tree-topk` the same drafts are also verified as EAGLE-2 trees (draft_eagle3.speculative). Prints a JSON
 and a markdown table; the paper reports +0.25..+0.45 for the gate on Qwen3-235B (2.41 -> 2.70).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -66,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--target", default=None, help="a checkpoint directory (default: the --preset walk target)"
     )
+    p.add_argument("--tree-topk", type=int, default=0, help="> 1: also measure tree drafting (depth k)")
+    p.add_argument("--tree-tokens", type=int, default=None, help="verified tokens of the tree (default 2k+2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompts-json", default=None, help="prompt token ids written by --write-prompts")
     p.add_argument("--write-prompts", default=None, help="write the prompt token ids here and exit")
@@ -95,6 +100,7 @@ def main(argv=None) -> int:
             Path(args.write_prompts).write_text(json.dumps({"train": train_p, "held": held}))
             print(f"{len(train_p)} training and {len(held)} held-out prompts -> {args.write_prompts}")
             return 0
+        tree_tokens = args.tree_tokens or 2 * args.k + 2
         samples, ids, head, aux, _ = T.prepare_data(cfg, target, train_p, Path(tmp) / "data.safetensors")
         rows = []
         for seed in args.seeds:
@@ -103,11 +109,21 @@ def main(argv=None) -> int:
             drafts = {v: T.build_draft(cfg, target, ids, aux, gated=v == "gated") for v in T.VARIANTS}
             hist = T.train_side_by_side(cfg, drafts, samples, head)
             ev = T.evaluate(cfg, target, drafts, held)
+            tree = {}
+            if args.tree_topk > 1:  # the same drafts, verified as a tree
+                tcfg = dataclasses.replace(cfg, eval_topk=args.tree_topk, eval_num_draft_tokens=tree_tokens)
+                tev = T.evaluate(tcfg, target, drafts, held)
+                tree = {
+                    **{f"{v}_tree_acceptance": tev[v]["acceptance_length"] for v in T.VARIANTS},
+                    **{f"{v}_tree_per_position": tev[v]["per_position_acceptance"] for v in T.VARIANTS},
+                    "tree_identical_outputs": all(tev[v]["identical_outputs"] for v in T.VARIANTS),
+                }
             rows.append(
                 {
                     "seed": seed,
                     **{f"{v}_acceptance": ev[v]["acceptance_length"] for v in T.VARIANTS},
                     **{f"{v}_per_position": ev[v]["per_position_acceptance"] for v in T.VARIANTS},
+                    **tree,
                     **{
                         f"{v}_final_loss": statistics.mean(h[f"{v}/loss"] for h in hist[-10:])
                         for v in T.VARIANTS
@@ -132,6 +148,15 @@ def main(argv=None) -> int:
         "mean_gain": statistics.mean(gain),
         "gain_std": statistics.stdev(gain) if len(gain) > 1 else 0.0,
     }
+    if args.tree_topk > 1:
+        tgain = [r["gated_tree_acceptance"] - r["ungated_tree_acceptance"] for r in rows]
+        result |= {
+            "tree": {"topk": args.tree_topk, "depth": args.k, "num_draft_tokens": tree_tokens},
+            "mean_tree_gated": statistics.mean(r["gated_tree_acceptance"] for r in rows),
+            "mean_tree_ungated": statistics.mean(r["ungated_tree_acceptance"] for r in rows),
+            "mean_tree_gain": statistics.mean(tgain),
+            "tree_gain_std": statistics.stdev(tgain) if len(tgain) > 1 else 0.0,
+        }
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
@@ -142,6 +167,12 @@ def main(argv=None) -> int:
         f"| mean | {result['mean_ungated']:.2f} | {result['mean_gated']:.2f} | "
         f"{result['mean_gain']:+.2f} ± {result['gain_std']:.2f} |"
     )
+    if args.tree_topk > 1:
+        print(
+            f"tree (topk {args.tree_topk}, depth {args.k}, {tree_tokens} tokens): ungated "
+            f"{result['mean_tree_ungated']:.2f}, gated {result['mean_tree_gated']:.2f}, gain "
+            f"{result['mean_tree_gain']:+.2f} ± {result['tree_gain_std']:.2f}"
+        )
     return 0
 
 

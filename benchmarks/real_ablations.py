@@ -177,6 +177,7 @@ def stage1_metrics(out: Path) -> dict:
     viol = [h["violation_rate"] for h in hist if "violation_rate" in h]
     if viol:
         res["train_violation_rate"] = statistics.fmean(viol)
+        res["train_violation_rate_per_step"] = viol
     res["train_reward_first_last"] = [hist[0]["reward_mean"], hist[-1]["reward_mean"]]
     # per step: what a reward change did to GRPO's group-normalised advantages (equal = same update)
     res["train_reward_per_step"] = [h["reward_mean"] for h in hist]
@@ -387,6 +388,57 @@ def table(ablation: str) -> str:
     return text
 
 
+def gate_table() -> str:
+    """Gated vs ungated acceptance length per seed, chain and tree, from benchmarks/real/gate/*.json;
+    writes gate.md and gate.png (the gain per seed and setting, with the mean and seed std)."""
+    rows = [r for p in sorted((OUT / "gate").glob("gate-s*.json")) for r in json.loads(p.read_text())["rows"]]
+    if not rows:
+        return "gate: no finished seed yet"
+    lines = ["| seed | chain: ungated | gated | gain | tree: ungated | gated | gain | greedy identical |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    gains: dict[str, list[float]] = {"chain": [], "tree": []}
+    for r in rows:
+        chain = r["gated_acceptance"] - r["ungated_acceptance"]
+        tree = r["gated_tree_acceptance"] - r["ungated_tree_acceptance"]
+        gains["chain"].append(chain)
+        gains["tree"].append(tree)
+        same = r["identical_outputs"] and r["tree_identical_outputs"]
+        lines.append(f"| {r['seed']} | {r['ungated_acceptance']:.3f} | {r['gated_acceptance']:.3f} | {chain:+.3f} | "
+                     f"{r['ungated_tree_acceptance']:.3f} | {r['gated_tree_acceptance']:.3f} | {tree:+.3f} | {same} |")  # fmt: skip
+    cell = {
+        k: _cell([r[k] for r in rows])
+        for k in (
+            "ungated_acceptance",
+            "gated_acceptance",
+            "ungated_tree_acceptance",
+            "gated_tree_acceptance",
+        )
+    }
+    lines.append(f"| mean +- std | {cell['ungated_acceptance']} | {cell['gated_acceptance']} | {_cell(gains['chain'])} | "
+                 f"{cell['ungated_tree_acceptance']} | {cell['gated_tree_acceptance']} | {_cell(gains['tree'])} | |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    (OUT / "gate.md").write_text(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for i, g in enumerate(gains.values()):
+        ax.scatter([i] * len(g), g, color="#4c72b0", zorder=3)
+        ax.errorbar([i + 0.15], [statistics.fmean(g)], yerr=[statistics.stdev(g) if len(g) > 1 else 0],
+                    fmt="s", color="#dd8452", capsize=4)  # fmt: skip
+    ax.axhline(0, color="grey", lw=1)
+    ax.axhline(0.29, color="grey", ls="--", lw=1)
+    ax.set_xticks([0, 1], ["chain (k=3)", "tree (topk 4, 8 tok)"])
+    ax.set_ylabel("gated - ungated acceptance length")
+    ax.set_title("gate gain per seed (dots), mean +- std; dashed: paper +0.29", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "gate.png", dpi=80)
+    plt.close(fig)
+    return text
+
+
 def _mean_sd(vals: list) -> tuple[float, float]:
     v = [x for x in vals if isinstance(x, int | float)]
     if not v:
@@ -434,11 +486,15 @@ def scripted(ablation: str, seeds: list[int]) -> None:
     """gate and w4 run their own benchmark scripts on the real model; raw JSON to benchmarks/real/."""
     OUT.mkdir(parents=True, exist_ok=True)
     if ablation == "gate":
-        if (OUT / "gate.json").is_file():
-            return
-        run(["benchmarks/draft_gate_ablation.py", "--target", str(base_dir()), "--seeds", *map(str, seeds),
-             "--steps", "200", "--prompts-per-domain", "12", "--heldout-per-domain", "4", "--k", "3",
-             "--out", str(OUT / "gate.json")], WORK / "logs" / "gate.log", script=True)  # fmt: skip
+        # one process per seed (resumable); chain k = 3 and an EAGLE-2 tree (topk 4, depth 3, 8 tokens)
+        for seed in seeds:
+            path = OUT / "gate" / f"gate-s{seed}.json"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                run(["benchmarks/draft_gate_ablation.py", "--target", str(base_dir()), "--seeds", str(seed),
+                     "--steps", "200", "--prompts-per-domain", "12", "--heldout-per-domain", "4", "--k", "3",
+                     "--tree-topk", "4", "--tree-tokens", "8", "--out", str(path)],
+                    WORK / "logs" / f"gate-s{seed}.log", script=True)  # fmt: skip
     else:
         if (OUT / "w4.json").is_file():
             return
@@ -455,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation == "table":
         for a in ARMS:
             print(f"## {a}\n{table(a)}\n")
+        print(f"## gate\n{gate_table()}")
         return 0
     todo = [*ARMS, "gate", "w4"] if args.ablation == "all" else [args.ablation]
     for a in todo:
@@ -462,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             run_ablation(a, args.seeds, args.steps)
         else:
             scripted(a, [*args.seeds, 2] if a == "gate" and len(args.seeds) < 3 else args.seeds)
+            if a == "gate":
+                print(gate_table())
     return 0
 
 

@@ -66,6 +66,10 @@ class DraftConfig:
     register: str = "gated"  # which variant becomes m3-draft
     eval_k: int = 6  # draft tokens per verification (the M3 card serves 6 steps)
     eval_max_new_tokens: int = 48
+    # tree drafting in the evaluation (SGLang's --speculative-eagle-topk / -num-draft-tokens): 1 =
+    # chain of eval_k; > 1: a tree of depth eval_k whose eval_num_draft_tokens - 1 best nodes are verified
+    eval_topk: int = 1
+    eval_num_draft_tokens: int | None = None
     export_layer_ids: str = "sglang"  # sglang (output of layer i) | vllm (input of layer i)
     export_dtype: str = "bfloat16"
     device: str = "cpu"
@@ -83,6 +87,8 @@ class DraftConfig:
             raise ValueError(f"export_layer_ids must be 'sglang' or 'vllm', got {self.export_layer_ids!r}")
         if self.ttt_steps < 1 or self.eval_k < 1 or self.steps < 0:
             raise ValueError("ttt_steps and eval_k must be >= 1 and steps >= 0")
+        if self.eval_topk < 1:
+            raise ValueError(f"eval_topk must be >= 1, got {self.eval_topk}")
 
 
 register_schema("draft_schema", DraftConfig)
@@ -176,7 +182,17 @@ def evaluate(cfg: DraftConfig, target, drafts: dict[str, Eagle3Draft], prompts: 
     greedy_generate(target, prompts[0], 4, eos)  # warm-up
     plain = [greedy_generate(target, p, cfg.eval_max_new_tokens, eos) for p in prompts]
     return {
-        v: compare(target, d, prompts, cfg.eval_k, cfg.eval_max_new_tokens, eos, plain=plain)
+        v: compare(
+            target,
+            d,
+            prompts,
+            cfg.eval_k,
+            cfg.eval_max_new_tokens,
+            eos,
+            plain=plain,
+            topk=cfg.eval_topk,
+            num_draft_tokens=cfg.eval_num_draft_tokens,
+        )  # fmt: skip
         for v, d in drafts.items()
     }
 

@@ -13,6 +13,8 @@ stage instruction) is rendered on its own by verl's Continuous Token builder and
 them (`ct_merge_context_msg`; for Qwen it also inserts the "\\n" the template puts after
 <|im_end|>, with mask 0). Decoded text only feeds the simulator, the verifiers and the transcript.
 A turn cut off by max_tokens gets a closing <|im_end|> (mask 0) before the next user turn.
+A rollout whose sampling_params carry a `seed` sends each doctor turn with seed mix_seed(seed, turn)
+(`m3.rl.seeds.mix_seed`): its draws are fixed by (seed, turn), not by what else the server runs.
 
 Row format (verl dataset row; `extra_info` is a dict):
     extra_info["case"]           ClinicalCase.to_dict() (or that dict as a JSON string)  -- required
@@ -72,6 +74,7 @@ from m3.clinic.patient.simulator import PatientSimulator
 from m3.clinic.steps import StepVerifierConfig, step_gammas, verify_steps
 from m3.clinic.transcript import STAGES, Transcript
 from m3.clinic.verifiers import stage_scores
+from m3.rl.seeds import mix_seed
 from m3.rl.spar import encode_step_rewards
 from m3.text.reasoning import answer_text
 
@@ -214,6 +217,8 @@ class _TokenDoctor:
         room = limit - len(self.mask)
         caps = [room, self.turn_cap, self.sampling_params.get("max_tokens") or room]
         params = {**self.sampling_params, "max_tokens": min(int(c) for c in caps)}
+        if params.get("seed") is not None:  # a seeded rollout: each turn its own draw, fixed by (seed, turn)
+            params["seed"] = mix_seed(params["seed"], len(self.spans))
         with simple_timer("generate_sequences", self.metrics):
             out = await loop.server_manager.generate(
                 self.request_id, prompt_ids=self.ids, sampling_params=params

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from m3.rl.seeds import mix_seed
+
 os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 
 
@@ -57,6 +59,11 @@ class LocalRLConfig:
     # rollouts generated together by the local server (1: one at a time, the exact sequential path;
     # larger: left-padded batches, like vLLM's continuous batching; the real preset uses 16)
     rollout_batch: int = 1
+    # every sampled request carries a seed mixed from (seed, step, prompt, sample[, turn])
+    # (vLLM's per-request seed, m3.rl.seeds.mix_seed): runs with one seed draw the same samples
+    # from the same weights whatever the batching, so the arms of an ablation are paired. false: one
+    # server-wide generator, whose draws depend on the order requests reach it
+    request_seeds: bool = True
     # None: every parameter trains; k: only the top k decoder layers and the final norm (the CPU size
     # of the real preset: backward stops at the first trainable layer, ~3x faster per step)
     trainable_layers: int | None = None
@@ -123,7 +130,7 @@ class LocalEngine:
         )
 
     # --- rollout -----------------------------------------------------------------------------
-    async def _consultation(self, row: dict, temperature: float) -> Trajectory:
+    async def _consultation(self, row: dict, temperature: float, seed: dict) -> Trajectory:
         from m3.rl.agent_loop import build_agent_loop
 
         loop = build_agent_loop(
@@ -140,6 +147,7 @@ class LocalEngine:
             "top_k": -1,
             "repetition_penalty": 1.0,
             "logprobs": True,
+            **seed,
         }
         out = await loop.run(
             sampling,
@@ -166,7 +174,7 @@ class LocalEngine:
             [float(x) for x in (out.response_logprobs or [])],
         )
 
-    async def _single_turn(self, row: dict, temperature: float) -> Trajectory:
+    async def _single_turn(self, row: dict, temperature: float, seed: dict) -> Trajectory:
         prompt_ids = list(
             self.tokenizer.apply_chat_template(
                 row["prompt"], add_generation_prompt=True, enable_thinking=False
@@ -179,6 +187,7 @@ class LocalEngine:
                 "temperature": temperature,
                 "max_tokens": self.cfg.max_new_tokens,
                 "logprobs": True,
+                **seed,
             },
         )
         text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
@@ -217,18 +226,21 @@ class LocalEngine:
         group_size = self.cfg.group_size if group_size is None else group_size
         temperature = self.cfg.temperature if temperature is None else temperature
 
-        async def one(row: dict, uid: str) -> Trajectory:
+        async def one(row: dict, i: int, j: int) -> Trajectory:
             is_consultation = row.get("agent_name") == "m3_consultation"
             run = self._consultation if is_consultation else self._single_turn
-            t = await run(row, temperature)
-            t.uid = uid
+            sampled = self.cfg.request_seeds and temperature > 0
+            t = await run(
+                row, temperature, {"seed": mix_seed(self.cfg.seed, self.step, i, j)} if sampled else {}
+            )
+            t.uid = f"{self.step}-{i}"
             return t
 
         async def run() -> list[Trajectory]:
-            jobs = [(row, f"{self.step}-{i}") for i, row in enumerate(rows) for _ in range(group_size)]
+            jobs = [(row, i, j) for i, row in enumerate(rows) for j in range(group_size)]
             if self.cfg.rollout_batch == 1:  # one at a time: the exact sequential path
-                return [await one(row, uid) for row, uid in jobs]
-            return list(await asyncio.gather(*(one(row, uid) for row, uid in jobs)))  # the server batches
+                return [await one(*job) for job in jobs]
+            return list(await asyncio.gather(*(one(*job) for job in jobs)))  # the server batches
 
         self.model.eval()
         return asyncio.run(run())

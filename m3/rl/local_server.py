@@ -22,20 +22,22 @@ Semantics follow verl's vLLM server (`verl.workers.rollout.vllm_rollout.vllm_asy
 - log_probs are vLLM's default `processed_logprobs`: log-softmax of the logits after temperature,
   top-k and top-p, at the sampled token; under greedy decoding, of the raw logits.
 - determinism: a request with `seed` draws from its own generator seeded with it (vLLM's per-request
-  seed); otherwise draws come from one server-wide generator seeded at construction, so a fixed
-  sequence of calls gives fixed outputs.
+  seed), alone or inside a batch: its tokens do not depend on what else is in flight or in which
+  order requests arrive (what pairs the arms of an ablation; `m3.rl.seeds.mix_seed` derives such
+  seeds); otherwise draws come from one server-wide generator seeded at construction, so a fixed sequence
+  of calls gives fixed outputs.
 - batching: with `max_batch` 1 (the default) requests run one at a time in a worker thread (a
   lock), so the event loop keeps serving the rest of the rollout (simulator, reward) meanwhile. With
   `max_batch` > 1, requests that arrive together (the concurrent rollouts of an agent-loop batch)
-  are generated together: compatible requests (same sampling settings and stop tokens, no per-request
-  seed) go through one left-padded `model.generate` call of up to `max_batch` rows, the way vLLM
-  batches concurrent requests; each row keeps its own max_tokens (cut after the call). Greedy
+  are generated together: compatible requests (same sampling settings and stop tokens, all seeded or
+  all unseeded) go through one left-padded `model.generate` call of up to `max_batch` rows, the way
+  vLLM batches concurrent requests; each row keeps its own max_tokens (cut after the call). Greedy
   outputs equal the one-at-a-time ones up to float32 rounding of the padded batch.
 - extra_fields carries global_steps / min_global_steps / max_global_steps = `self.global_steps`,
   like verl's LLMServerClient: the v1 trainer's staleness tags read them from the agent loop output.
 
-Limits: text only (image/video/audio data raise ValueError), batch size 1, no prefix cache, no
-routed experts. Run: `pytest tests/m3/test_agent_loop.py`.
+Limits: text only (image/video/audio data raise ValueError), no prefix cache, no routed experts.
+Run: `pytest tests/m3/rl/test_agent_loop.py`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from verl.workers.rollout.replica import TokenOutput
 
 from m3.model.batching import MicroBatcher
@@ -87,11 +89,37 @@ def _filter_top_k_top_p(logits_V: torch.Tensor, top_k: int, top_p: float) -> tor
 
 
 def _batch_key(params: dict[str, Any]) -> tuple:
-    """Requests that may share one generate() call: same sampling settings and stop tokens."""
+    """Requests that may share one generate() call: same sampling settings and stop tokens, and
+    seeded with seeded (each row its own generator) or unseeded with unseeded (the server's)."""
     return (
         float(params.get("temperature", 1.0)), float(params.get("top_p", 1.0)), int(params.get("top_k", -1) or -1),
         bool(params.get("ignore_eos", False)), tuple(sorted(params.get("stop_token_ids") or [])),
+        params.get("seed") is not None,
     )  # fmt: skip
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples each row of a batch from its own generator inside `model.generate` (run greedy).
+
+    generate() draws every sampled row from one global RNG, so a row's tokens would depend on its
+    batch. This processor applies temperature, top-k and top-p per row (`_filter_top_k_top_p`, as
+    `generate_tokens` does), draws the row's token with the row's generator, records its processed
+    log-prob, and leaves only that token finite, so generate's greedy pick returns it.
+    """
+
+    def __init__(self, generators: list[torch.Generator], temperature: float, top_k: int, top_p: float):
+        self.generators, self.temperature, self.top_k, self.top_p = generators, temperature, top_k, top_p
+        self.log_probs: list[list[float]] = [[] for _ in generators]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        out = torch.full_like(scores, float("-inf"))
+        for i, gen in enumerate(self.generators):
+            logits_V = _filter_top_k_top_p(scores[i].float().cpu() / self.temperature, self.top_k, self.top_p)
+            logp_V = torch.log_softmax(logits_V, dim=-1)
+            token = int(torch.multinomial(logp_V.exp(), 1, generator=gen))
+            self.log_probs[i].append(float(logp_V[token]))
+            out[i, token] = 0.0
+        return out
 
 
 class LocalServer:
@@ -149,7 +177,7 @@ class LocalServer:
         """verl's server-manager call; other keyword arguments (priority, mm kwargs) are accepted and unused."""
         if image_data is not None or video_data is not None or audio_data is not None:
             raise ValueError("LocalServer is text-only: drop image/video/audio data or use a vLLM rollout")
-        if self._batcher is None or sampling_params.get("seed") is not None:
+        if self._batcher is None:
             return await asyncio.to_thread(self.generate_tokens, prompt_ids, sampling_params, request_id)
         return await self._batcher.submit((list(prompt_ids), dict(sampling_params), request_id))
 
@@ -178,7 +206,13 @@ class LocalServer:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        sample = temperature > SAMPLING_EPS
+        # per-request seeds: each row draws from its own generator (_RowSampler) and generate() runs
+        # greedy on the one finite logit the sampler leaves; unseeded: generate() samples itself
+        rows = None
+        if temperature > SAMPLING_EPS and row_params[0].get("seed") is not None:
+            gens = [torch.Generator().manual_seed(int(rp["seed"])) for rp in row_params]
+            rows = _RowSampler(gens, temperature, top_k, top_p)
+        sample = temperature > SAMPLING_EPS and rows is None
         with self._lock:
             # generate() draws from the global RNG: seed it from the server's generator (repeatable)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)))
@@ -186,6 +220,7 @@ class LocalServer:
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max(caps),
+                logits_processor=LogitsProcessorList([] if rows is None else [rows]),
                 do_sample=sample,
                 temperature=temperature if sample else None,
                 top_p=top_p if sample else None,
@@ -194,19 +229,22 @@ class LocalServer:
                 eos_token_id=sorted(stop),
                 pad_token_id=self.pad_token_id,
                 return_dict_in_generate=True,
-                output_scores=True,
+                output_scores=rows is None,
             )
             steps = self.global_steps
         new = out.sequences[:, width:]
-        # the sampled token's log-prob per step, gathered step by step (stacking the full
-        # [steps, batch, vocab] log-softmax first costs 400 MB at batch 32 x 64 steps x 49k vocab)
-        logp_BS = torch.stack(
-            [
-                torch.log_softmax(sc.float(), dim=-1).gather(1, new[:, j, None])[:, 0]
-                for j, sc in enumerate(out.scores)
-            ],
-            dim=1,
-        ).cpu()
+        if rows is None:
+            # the sampled token's log-prob per step, gathered step by step (stacking the full
+            # [steps, batch, vocab] log-softmax first costs 400 MB at batch 32 x 64 steps x 49k vocab)
+            log_probs = torch.stack(
+                [
+                    torch.log_softmax(sc.float(), dim=-1).gather(1, new[:, j, None])[:, 0]
+                    for j, sc in enumerate(out.scores)
+                ],
+                dim=1,
+            ).tolist()
+        else:
+            log_probs = rows.log_probs
         new = new.cpu()
         outputs = []
         for i, (cap, rp) in enumerate(zip(caps, row_params, strict=True)):
@@ -215,7 +253,7 @@ class LocalServer:
                 tokens.append(t)
                 if t in stop:
                     break
-            lps = logp_BS[i, : len(tokens)].tolist()
+            lps = log_probs[i][: len(tokens)]
             returned = lps if rp.get("logprobs") else None
             if self.record:
                 rid = request_ids[i] if request_ids else ""

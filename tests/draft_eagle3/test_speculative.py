@@ -12,6 +12,8 @@ from draft_eagle3.speculative import (
     greedy_accept,
     greedy_generate,
     speculative_generate,
+    tree_accept,
+    tree_attention_mask,
 )
 from tests.draft_eagle3.conftest import PROMPTS
 
@@ -32,6 +34,25 @@ def test_acceptance_stats_by_hand():
     assert s["verify_steps"] == 4
 
 
+def test_tree_accept_by_hand():
+    # root 0 -> nodes 1 (tok 5), 2 (tok 6); 1 -> 3 (tok 7), 4 (tok 8); 2 -> 5 (tok 9)
+    parents, tokens = [0, 0, 0, 1, 1, 2], [-1, 5, 6, 7, 8, 9]
+    assert tree_accept(parents, tokens, [6, 0, 9, 0, 0, 4]) == [2, 5]  # second branch, whole path
+    assert tree_accept(parents, tokens, [5, 8, 0, 0, 3, 0]) == [1, 4]  # bonus token 3 after node 4
+    assert tree_accept(parents, tokens, [5, 1, 0, 0, 0, 0]) == [1]  # no child of node 1 is 1
+    assert tree_accept(parents, tokens, [7, 0, 0, 0, 0, 0]) == []  # 7 is not a child of the root
+
+
+def test_tree_attention_mask_by_hand():
+    m = tree_attention_mask([0, 0, 0, 1], prefix=2).int().tolist()
+    assert m == [
+        [1, 1, 1, 0, 0, 0],  # x_n: the prefix and itself
+        [1, 1, 1, 1, 0, 0],  # node 1: x_n and itself
+        [1, 1, 1, 0, 1, 0],  # node 2: not its sibling
+        [1, 1, 1, 1, 0, 1],  # node 3: its parent 1
+    ]
+
+
 class OracleDraft(Eagle3Draft):
     """A draft over the full target vocabulary that runs the real draft layer (shapes, KV cache)
     but proposes the reference greedy continuation, wrong at every position divisible by
@@ -44,12 +65,17 @@ class OracleDraft(Eagle3Draft):
         self.copy_target_weights(target, torch.arange(V), init_lm_head=False)
         self.ref, self.wrong_every = reference, wrong_every
 
+    second = 0.0  # > 0: a wrong top token keeps the right one as the runner-up (tree drafting finds it)
+
     def step(self, ids, hidden, pos, past=None, mask=None):
         h, logits, kv = super().step(ids, hidden, pos, past, mask)
         want = torch.zeros_like(logits)
         for r, p in enumerate(pos[0].tolist()):  # column at position p predicts token p + 2
             tok = self.ref[p + 2] if p + 2 < len(self.ref) else 0
-            want[0, r, (tok + 1) % len(want[0, r]) if (p + 2) % self.wrong_every == 0 else tok] = 1.0
+            wrong = (p + 2) % self.wrong_every == 0
+            want[0, r, (tok + 1) % len(want[0, r]) if wrong else tok] = 1.0
+            if wrong and self.second:
+                want[0, r, tok] = self.second
         return h, want, kv
 
 
@@ -81,3 +107,43 @@ def test_speculative_equals_greedy_with_untrained_draft(walk_target):
     report = compare(walk_target, draft.eval(), PROMPTS, k=3, max_new_tokens=16, eos_ids=EOS)
     assert report["identical_outputs"] and report["mismatches"] == []
     assert report["acceptance_length"] == 1.0 and report["per_position_acceptance"] == [0.0] * 3
+
+
+def test_tree_equals_greedy_and_finds_the_runner_up(walk_target):
+    """Tree drafting (topk 2): output identical to plain greedy; where the draft's top token is wrong
+    and the right one is its runner-up, the tree accepts it and the chain cannot."""
+    for prompt in PROMPTS:
+        plain = greedy_generate(walk_target, prompt, 30, EOS).tokens
+        draft = OracleDraft(walk_target, prompt + plain, 3).eval()
+        draft.second = 0.5
+        chain = speculative_generate(walk_target, draft, prompt, 4, 30, EOS)
+        tree = speculative_generate(walk_target, draft, prompt, 4, 30, EOS, topk=2, num_draft_tokens=8)
+        assert chain.tokens == tree.tokens == plain
+        # every third top token is wrong: the chain never accepts past it, the tree goes through its runner-up
+        assert max(chain.accepted) <= 2 < max(tree.accepted)
+        assert len(tree.accepted) < len(chain.accepted)  # fewer target forwards for the same output
+        # a draft that is never right: the tree still commits one target token per forward
+        draft.wrong_every, draft.second = 1, 0.0
+        none = speculative_generate(walk_target, draft, prompt, 3, 12, EOS, topk=3, num_draft_tokens=7)
+        assert none.tokens == plain[:12] and set(none.accepted) == {0}
+
+
+def test_tree_of_width_one_is_the_chain(walk_target):
+    """_tree with topk 1 grows exactly the chain's proposals (random draft, real catch-up state)."""
+    from draft_eagle3.speculative import _aux, _chain, _tree
+
+    ids = torch.arange(0, 151936, 500)
+    draft = Eagle3Draft(DraftShape.from_target(walk_target.config, [1, 2, 3], len(ids), gated=True))
+    draft.copy_target_weights(walk_target, ids)
+    prompt = PROMPTS[2]
+    with torch.no_grad():
+        out = walk_target(torch.tensor([prompt]), output_hidden_states=True)
+        n = len(prompt) - 1
+        mask = torch.ones(n, n, dtype=torch.bool).tril()
+        h, logits, (dk, dv) = draft.eval().step(
+            torch.tensor([prompt[1:]]), _aux(out, (1, 2, 3))[:, :n], torch.arange(n)[None], None, mask
+        )
+        chain = _chain(draft, h[:, -1:], logits, dk, dv, n, 5)
+        parents, tokens = _tree(draft, h[:, -1:], logits, dk, dv, n, 5, 1, 5)
+    assert parents == [0, 0, 1, 2, 3, 4] and tokens[1:] == chain
+    assert len(set(chain)) > 1  # a real proposal, not one repeated token

@@ -73,6 +73,25 @@ def test_consultation_rollout_carries_spar_rewards(tiny_dir, tmp_path):
     assert set(metrics) >= {"reward_mean", "pg_loss", "grad_norm"}
 
 
+def test_arms_with_one_seed_draw_the_same_rollouts(tiny_dir, tmp_path):
+    """Per-request seeds pair the arms of an ablation: SPAR at batch 1 and GRPO at batch 4 with the
+    same seed sample the same consultations from the same weights; another seed samples others."""
+    from m3.data.prompts import domain_rows
+
+    rows = domain_rows("inquiry", 2, max_inquiry_turns=2)
+
+    def responses(tag, **kw):
+        cfg = LocalRLConfig(group_size=2, max_new_tokens=6, max_response_length=512, **kw)
+        return [t.response_ids for t in LocalEngine(tiny_dir, cfg, tmp_path / tag).rollout(rows)]
+
+    spar = responses("spar", consultation_estimator="spar")
+    assert responses("grpo", consultation_estimator="grpo", rollout_batch=4) == spar
+    assert len({tuple(r) for r in spar}) == 4  # every sample of a group is its own draw
+    assert responses("seed1", seed=1) != spar
+    # the server-wide generator (request_seeds off) draws in arrival order: batching changes it
+    assert responses("b1", request_seeds=False) != responses("b4", request_seeds=False, rollout_batch=4)
+
+
 def test_three_step_run_logs_registers_and_reloads(mlflow_store, tiny_dir, tmp_path):
     base = registry.publish(tiny_dir, "m3-base", stage="base")
     data = tmp_path / "general.jsonl"

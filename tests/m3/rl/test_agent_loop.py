@@ -24,6 +24,7 @@ from m3.config import REPO_ROOT
 from m3.rl import agent_loop
 from m3.rl.agent_loop import NAME, ConsultationOutput, build_agent_loop
 from m3.rl.local_server import LocalServer
+from m3.rl.seeds import mix_seed
 from m3.rl.spar import decode_step_rewards
 from m3.text.reasoning import answer_text
 
@@ -238,3 +239,41 @@ def test_batched_server_equals_one_at_a_time(tiny_dir):
     for e, g in zip(expected, got, strict=True):
         assert g.token_ids == e.token_ids
         assert max(abs(a - b) for a, b in zip(g.log_probs, e.log_probs, strict=True)) < 1e-4
+
+
+def test_seeded_requests_draw_the_same_tokens_alone_or_batched_in_any_order(tiny_dir):
+    """A request's `seed` fixes its samples (vLLM's per-request seed): alone, or batched with others
+    in either arrival order, it draws the same tokens; without seeds the batch order changes them."""
+    prompts = [[151644, 872, 198] + [100 + i] * (i + 1) for i in range(4)]
+    seeded = [
+        {"temperature": 1.0, "max_tokens": 6, "logprobs": True, "seed": mix_seed(0, 1, i)} for i in range(4)
+    ]
+    alone = LocalServer(tiny_dir, seed=0)
+    expected = [alone.generate_tokens(p, sp) for p, sp in zip(prompts, seeded, strict=True)]
+
+    def batched(order, params):
+        server = LocalServer(tiny_dir, seed=0, max_batch=8)
+
+        async def go():
+            return await asyncio.gather(
+                *(server.generate(f"r{i}", prompt_ids=prompts[i], sampling_params=params[i]) for i in order)
+            )
+
+        out = asyncio.run(go())
+        assert server._batcher.batches == [4]
+        return {i: o for i, o in zip(order, out, strict=True)}
+
+    forward, backward = batched([0, 1, 2, 3], seeded), batched([3, 2, 1, 0], seeded)
+    for i, e in enumerate(expected):
+        assert forward[i].token_ids == backward[i].token_ids == e.token_ids
+        assert max(abs(a - b) for a, b in zip(forward[i].log_probs, e.log_probs, strict=True)) < 1e-4
+    assert len({tuple(e.token_ids) for e in expected}) == 4  # different seeds, different draws
+    unseeded = [{k: v for k, v in sp.items() if k != "seed"} for sp in seeded]
+    f, b = batched([0, 1, 2, 3], unseeded), batched([3, 2, 1, 0], unseeded)
+    assert any(f[i].token_ids != b[i].token_ids for i in range(4))
+
+
+def test_mix_seed_is_stable_and_spreads():
+    assert mix_seed(0, 1, 2) == mix_seed(0, 1, 2)
+    assert len({mix_seed(0, step, i, j) for step in range(3) for i in range(4) for j in range(4)}) == 48
+    assert 0 <= mix_seed(2**40, -1) < 2**31
