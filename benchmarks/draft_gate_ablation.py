@@ -54,6 +54,13 @@ def walk_target(preset: str, tmp: Path):
     return model.eval(), d
 
 
+def _rel(value):
+    """An absolute path inside the checkout as a path relative to it; anything else unchanged."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).resolve().is_relative_to(REPO):
+        return str(Path(value).resolve().relative_to(REPO))
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
@@ -135,7 +142,8 @@ def main(argv=None) -> int:
     gain = [r["gated_acceptance"] - r["ungated_acceptance"] for r in rows]
     result = {
         "setup": {
-            **vars(args),
+            # paths inside the checkout are stored relative to it (no machine's paths in results)
+            **{k: _rel(v) for k, v in vars(args).items()},
             "draft_vocab": int(ids.numel()),
             "aux_layers": aux,
             "train_samples": len(samples),
