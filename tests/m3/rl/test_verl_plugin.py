@@ -17,10 +17,20 @@ PROBE = (
 )
 
 
-def _probe(plugins: str) -> subprocess.Popen:
+# verl's first import may come from inside one of our modules (the local server imports verl's
+# TokenOutput): the hook then imports the agent loop while that module is half-initialised, so
+# the agent loop must not import from it (a circular import only logged as a failed registration)
+PROBE_FROM_OURS = (
+    "import m3.rl.local_server\n"
+    "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as R\n"
+    "print('m3_consultation' in R)\n"
+)
+
+
+def _probe(plugins: str, probe: str = PROBE) -> subprocess.Popen:
     env = {**os.environ, "VERL_USE_EXTERNAL_PLUGINS": plugins, "TORCH_COMPILE_DISABLE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", probe], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -33,6 +43,14 @@ def test_import_verl_in_a_fresh_process_registers_spar():
     assert without_hook.returncode == 0, err_without
     assert out_with.split() == ["m3.rl.spar", "True"], err_with
     assert out_without.split() == ["None", "False"]
+
+
+def test_verl_first_imported_by_our_server_registers_the_agent_loops():
+    proc = _probe("auto", PROBE_FROM_OURS)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "failed" not in err, err
+    assert out.split() == ["True"], err
 
 
 def test_a_failing_registration_is_logged_and_does_not_stop_the_others(caplog):
