@@ -2,8 +2,7 @@
 # Gated vs ungated Eagle3 on the real target (SmolLM2-135M-Instruct) at the GPU size, on the lent H200.
 # The same code path as benchmarks/draft_gate_ablation.py on CPU; only the sizes and the device differ.
 # Run on 2026-12-05 (benchmarks/real/gate-device.json, RESULTS.md): one seed takes about 400 s there
-# (the reference decoder's per-token Python loops, not the GPU), so give each call one seed; a warm
-# machine keeps /tmp/m3kit/real, and a next call can run draft_gate_ablation.py on it directly.
+# for the chain alone (the reference decoder's per-token Python loops, not the GPU).
 #
 # The GGUF (98 MB) is larger than one device call carries (64 MiB), so it travels in two halves
 # (../shared/REAL_MODEL.md). Prepare here, once (.devkit/ is listed in .git/info/exclude):
@@ -13,9 +12,14 @@
 #       && pip wheel --no-deps antlr4-python3-runtime==4.9.3)
 #   python benchmarks/draft_gate_ablation.py --target DIR --prompts-per-domain 24 --heldout-per-domain 6 \
 #       --write-prompts .devkit/whl/prompts_real.json
-# Then two device calls, back to back (the machine keeps /tmp only while warm):
+# Then device calls, back to back (the machine keeps /tmp only while warm):
 #   call 1, carry [.devkit/a, .devkit/whl]:  bash benchmarks/device_draft_gate.sh stage
 #   call 2, carry [.devkit/b]:               bash benchmarks/device_draft_gate.sh run STEPS SEEDS...
+#   call 3 if seeds are left:                bash benchmarks/device_draft_gate.sh collect SEEDS...
+# `run` starts one process per seed, side by side (each seed's time is the decoder's Python loops on
+# one core, so they share the GPU well), in their own process sessions so that they outlive the call;
+# it returns after DEADLINE seconds (default 540) with the seeds done by then, and `collect` waits
+# for the rest. Chain (k = 6) and tree (TREE_TOPK, default 4; 2k + 2 verified tokens) per seed.
 set -euo pipefail
 K=/tmp/m3kit
 case "$1" in
@@ -33,7 +37,21 @@ from m3.model.real import load_gguf
 m, t = load_gguf(Path('$K/smol.gguf'))
 m.save_pretrained('$K/real'); t.save_pretrained('$K/real')"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    python3 benchmarks/draft_gate_ablation.py --target $K/real --prompts-json $K/prompts_real.json \
-      --prompts-per-domain 24 --heldout-per-domain 6 --max-new-tokens 96 --k 6 --device cuda \
-      --steps "$steps" --seeds "$@" --threads 8 --out "$OUT/draft_gate_real.json" ;;
+    for s in "$@"; do
+      setsid nohup python3 benchmarks/draft_gate_ablation.py --target $K/real --prompts-json $K/prompts_real.json \
+        --prompts-per-domain 24 --heldout-per-domain 6 --max-new-tokens 96 --k 6 --device cuda \
+        --tree-topk "${TREE_TOPK:-4}" --steps "$steps" --seeds "$s" --threads 4 --out "$K/device-s$s.json" \
+        > "$K/log-s$s" 2>&1 < /dev/null &
+    done
+    sleep 5; bash "$0" collect "$@" ;;
+  collect)
+    # wait for each seed's JSON (or the deadline), then hand back what is there
+    shift
+    end=$((SECONDS + ${DEADLINE:-540}))
+    for s in "$@"; do
+      while [ ! -f "$K/device-s$s.json" ] && [ $SECONDS -lt $end ]; do sleep 5; done
+    done
+    for s in "$@"; do
+      cp "$K/device-s$s.json" "$OUT/" 2>/dev/null || { echo "seed $s not done:"; tail -3 "$K/log-s$s" || true; }
+    done ;;
 esac

@@ -196,11 +196,17 @@ def registered(out: Path, name: str) -> str:
 def teachers(steps: int) -> dict[str, str]:
     """The seed-0 experts: inquiry from `spar`'s SPAR arm, healthcare from `fact`'s Fact-Aware arm
     (trained here if those ablations have not run) and one general expert."""
-    runs = {
-        "inquiry": stage1("inquiry", "spar", 0, steps, ["rl.consultation_estimator=spar"]),
-        "healthcare": stage1("healthcare", "fact_aware", 0, steps, ["+rl.reward_kwargs.fact_aware=true"]),
-        "general": stage1("general", "general", 0, steps, []),
+    specs = {
+        "inquiry": ("spar", ["rl.consultation_estimator=spar"]),
+        "healthcare": ("fact_aware", ["+rl.reward_kwargs.fact_aware=true"]),
+        "general": ("general", []),
     }
+    runs = {}
+    for d, (tag, extra) in specs.items():
+        out = WORK / "runs" / f"{d}-{tag}-s0"
+        # a teacher once registered is kept: a config field added later (rl.request_seeds) changes the
+        # config hash, and retraining would give later seeds other teachers than the first ones had
+        runs[d] = out if (out / "summary.json").is_file() else stage1(d, tag, 0, steps, extra)
     return {d: registered(out, f"m3-expert-{d}") for d, out in runs.items()}
 
 
@@ -495,11 +501,15 @@ def scripted(ablation: str, seeds: list[int]) -> None:
                      "--steps", "200", "--prompts-per-domain", "12", "--heldout-per-domain", "4", "--k", "3",
                      "--tree-topk", "4", "--tree-tokens", "8", "--out", str(path)],
                     WORK / "logs" / f"gate-s{seed}.log", script=True)  # fmt: skip
-    else:
-        if (OUT / "w4.json").is_file():
-            return
-        run(["benchmarks/quant_memory_quality.py", "--presets", "real", "--seeds", *map(str, seeds[:2]),
-             "--out", str(WORK / "quant"), "--json", str(OUT / "w4.json")], WORK / "logs" / "w4.log", script=True)  # fmt: skip
+    else:  # the calibration seeds not yet in w4.json, merged into it
+        path = OUT / "w4.json"
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        todo = [str(s) for s in seeds if f"real-s{s}" not in done]
+        if todo:
+            new = WORK / "quant" / "w4-new.json"
+            run(["benchmarks/quant_memory_quality.py", "--presets", "real", "--seeds", *todo,
+                 "--out", str(WORK / "quant"), "--json", str(new)], WORK / "logs" / "w4.log", script=True)  # fmt: skip
+            path.write_text(json.dumps(done | json.loads(new.read_text()), indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
