@@ -357,14 +357,38 @@ def quant_method(cfg: dict) -> str | None:
     return q.get("quant_method") if isinstance(q, dict) else None
 
 
-def check_cpu_servable(cfg: dict, path: str) -> None:
+AVX512 = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})  # what torch.cpu calls AVX-512
+
+
+def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (None where that is not readable: not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def check_cpu_servable(cfg: dict, path: str, cpu_flags: frozenset[str] | None = None) -> None:
     """vLLM 0.32's CPU build has a W4A16 kernel for dense Linear layers only (CPUWNA16LinearKernel);
     a W4 MoE checkpoint dies at start with `No WNA16 MoE backend supports the deployment
-    configuration`, so say it before loading anything."""
-    if quant_method(cfg) and is_moe(cfg):
+    configuration`, so say it before loading anything. And that kernel's GEMM (`cpu_gemm_wna16`) is
+    built into the AVX-512 kernel libraries only: on a CPU without AVX-512 vLLM loads `_C_AVX2`, the
+    server starts, selects the kernel, and every request fails with a 500 (measured on an AVX2-only
+    VM, tests/serve/test_engine.py). `cpu_flags`: the host's (host_cpu_flags); None = unknown."""
+    if not quant_method(cfg):
+        return
+    if is_moe(cfg):
         raise ValueError(
             f"{path} is a W4 MoE checkpoint: vLLM 0.32 on CPU has no W4 MoE kernel (dense W4A16 only); "
             "serve it on a GPU (Marlin MoE), or serve the BF16 MoE checkpoint on CPU"
+        )
+    if cpu_flags is not None and not AVX512 <= cpu_flags:
+        raise ValueError(
+            f"{path} is a W4A16 checkpoint and this CPU has no AVX-512: vLLM 0.32's CPU build then loads "
+            "its AVX2 kernels, which have no W4A16 GEMM (cpu_gemm_wna16), and every request would fail; "
+            "serve the float checkpoint on this machine, or W4 on a CPU with AVX-512 or on a GPU"
         )
 
 

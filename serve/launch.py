@@ -10,8 +10,8 @@ Eagle3 draft when asked) and run an OpenAI-compatible server: vLLM, SGLang or `t
 CPU or GPU (engine=vllm): a configs/model shape is a cluster deployment (GPU); a checkpoint directory
 is served by vLLM's CPU build from .venv-serve (`make setup-serve`) when no CUDA device is present
 (`device=cpu|cuda` forces it): float32, --max-model-len 2048, VLLM_CPU_KVCACHE_SPACE, W4A16 in bf16
-(serve/commands.py says why); a W4 MoE checkpoint is refused on CPU before anything starts (no CPU
-kernel in vLLM 0.32). The qwen3 reasoning parser is passed only when the tokenizer has <think>.
+(serve/commands.py says why); a W4 MoE checkpoint, and any W4 checkpoint on a CPU without AVX-512, is
+refused on CPU before anything starts (no CPU kernel for either in vLLM 0.32). The qwen3 reasoning parser is passed only when the tokenizer has <think>.
 
 Flow: config -> model path (registry URI, directory, or a configs/model shape's hub id) -> the served
 checkpoint (`quantized` replaces `model`; its lineage must lead to `model`) -> engine-specific draft
@@ -266,7 +266,7 @@ def plan_serve(cfg: ServeConfig) -> ServePlan:
     elif cfg.engine != "transformers" and served_cfg is not None and commands.quant_method(served_cfg):
         quantization = commands.quant_method(served_cfg)  # model= is itself a W4 checkpoint
     if platform == "cpu" and served_cfg is not None:
-        commands.check_cpu_servable(served_cfg, served)
+        commands.check_cpu_servable(served_cfg, served, commands.host_cpu_flags())
     draft_path = None
     if not off(draft):
         draft_path = _draft_for_engine(cfg, draft, shape, notes, served_cfg, served)

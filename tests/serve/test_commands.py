@@ -189,6 +189,21 @@ def test_w4_moe_is_refused_on_cpu_dense_w4_is_not():
     assert "\n" not in str(e.value) and "/ckpt/w4-moe" in str(e.value)
 
 
+def test_dense_w4_on_cpu_needs_avx512(tmp_path):
+    w4 = {"quantization_config": {"quant_method": "compressed-tensors"}, "hidden_size": 576}
+    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+    commands.check_cpu_servable(w4, "/ckpt/w4", avx2 | commands.AVX512)
+    commands.check_cpu_servable({"hidden_size": 576}, "/ckpt/float", avx2)  # float needs no AVX-512
+    commands.check_cpu_servable(w4, "/ckpt/w4", None)  # flags unknown: vLLM's own error stands
+    with pytest.raises(ValueError, match="no AVX-512.*cpu_gemm_wna16") as e:
+        commands.check_cpu_servable(w4, "/ckpt/w4", avx2 | {"avx512f"})  # torch wants bw, vl, dq too
+    assert "\n" not in str(e.value) and "/ckpt/w4" in str(e.value)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\nbugs\t\t: spectre\n\nprocessor\t: 1\n")
+    assert commands.host_cpu_flags(info) == {"fpu", "sse", "avx2", "avx512f"}
+    assert commands.host_cpu_flags(tmp_path / "missing") is None
+
+
 def test_draft_must_match_the_model():
     model = {"hidden_size": 576, "vocab_size": 49152}
     commands.check_draft_matches({"target_hidden_size": 576, "vocab_size": 49152}, "/d", model, "/m")

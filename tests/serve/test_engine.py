@@ -19,7 +19,9 @@ import httpx
 import pytest
 
 from m3.config import REPO_ROOT
+from serve import commands
 from serve.spec_metrics import acceptance_length, scrape
+from tests.serve.conftest import SERVE_PYTHON
 
 pytestmark = pytest.mark.engine
 
@@ -130,6 +132,26 @@ def test_eagle3_draft_keeps_greedy_and_counts_tokens(
     assert acceptance_length(c) >= 1.0
 
 
+_FLAGS = commands.host_cpu_flags()
+HOST_AVX512 = _FLAGS is None or commands.AVX512 <= _FLAGS  # unknown flags: the launcher lets it start
+
+
+def test_w4a16_needs_avx512_on_vllm_cpu(vllm_servers, w4_model):
+    """vLLM's AVX2 kernel library has no W4A16 GEMM (the premise of commands.check_cpu_servable);
+    on a host without AVX-512 the launcher refuses the W4 checkpoint before starting a server."""
+    probe = (
+        "import torch\ntry:\n    import vllm._C_AVX2\n"  # loads the library, then fails on its module name
+        "except ImportError:\n    pass\nprint(hasattr(torch.ops._C, 'cpu_gemm_wna16'))"
+    )
+    out = subprocess.run([str(SERVE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+    if not HOST_AVX512:
+        with pytest.raises(ValueError, match="no AVX-512"):
+            vllm_servers.get("w4", w4_model)
+        assert not (vllm_servers.root / "w4.log").exists()  # no server was started
+
+
+@pytest.mark.skipif(not HOST_AVX512, reason="vLLM's CPU W4A16 GEMM needs AVX-512 (test above)")
 def test_w4a16_serves(vllm_servers, w4_model, prompt_ids):
     server = vllm_servers.get("w4", w4_model)
     log = server.log.read_text(errors="replace")
